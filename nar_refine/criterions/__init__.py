@@ -1,0 +1,1 @@
+from . import refine_nat_loss  # noqa: F401

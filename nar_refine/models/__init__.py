@@ -1,0 +1,1 @@
+from . import refine_nat  # noqa: F401

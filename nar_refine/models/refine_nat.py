@@ -1,0 +1,293 @@
+"""Discrete-space iterative refinement NAT (Lee, Mansimov & Cho 2018).
+
+    length:    p(T | x)                 offset classifier on mean-pooled source states
+    decoder 1: p(y^0 | x)               reads a uniform copy of the source embeddings
+    decoder 2: p(y^l | y^{l-1}, h^{l-1}, x)  shared by every refinement pass; reads the
+               embedding of the previous output plus the previous pass's hidden states
+
+Training runs K passes in one ``forward`` (so DistributedDataParallel sees every parameter
+used in one call); ``RefinePlan`` (built by the ``refine_nat_loss`` criterion) says how many
+passes, how each pass's input is chosen (own previous output = latent-variable chain, or a
+corrupted reference = denoising autoencoder), and whether outputs are argmax or sampled.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+from fairseq.models import (
+    FairseqDecoder,
+    FairseqEncoderDecoderModel,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.models.transformer import Embedding, TransformerEncoder, TransformerModel
+
+from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean, uniform_copy
+from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
+
+
+@dataclass
+class RefinePlan:
+    """How the training chain of refinement passes is run (see ``RefineNATModel.forward``)."""
+
+    passes: int = 4
+    lvm_alpha: float = 0.5  # probability that a pass reads its own previous output
+    corrupt: Optional[Callable] = None  # (tokens, padding_mask, pass_index) -> corrupted tokens
+    stochastic: bool = False  # sample y^l ~ p(.|...) instead of the argmax
+
+
+class SourceEncoding(dict):
+    """Encoder output in batch-first form plus the source lengths the NAT needs."""
+
+    def index(self, order):
+        return SourceEncoding({k: v.index_select(0, order) for k, v in self.items()})
+
+
+def encode_source(encoder, src_tokens, src_lengths, pad, eos):
+    """Run a fairseq TransformerEncoder; return batch-first states, masks and true lengths.
+
+    Works for left- or right-padded sources: ``start`` is each row's first real position.
+    ``length`` counts source tokens without the final </s> (targets are counted the same way).
+    """
+    out = encoder(src_tokens, src_lengths=src_lengths)
+    padding_mask = src_tokens.eq(pad)
+    real = (~padding_mask).long()
+    return SourceEncoding(
+        states=out["encoder_out"][0].transpose(0, 1),
+        padding_mask=padding_mask,
+        embedding=out["encoder_embedding"][0],
+        start=real.argmax(1),
+        length=(real.sum(1) - src_tokens.eq(eos).long().sum(1)).clamp(min=1),
+    )
+
+
+def target_without_eos(target, pad, eos):
+    """fairseq targets are ``y </s> <pad>...``; NAT decoders predict ``y`` only."""
+    y = target.masked_fill(target.eq(eos), pad)
+    lengths = y.ne(pad).long().sum(1)
+    return y[:, : max(int(lengths.max()), 1)], lengths
+
+
+@register_model("refine_nat")
+class RefineNATModel(FairseqEncoderDecoderModel):
+    is_nar_refine_model = True
+    default_decoding = "refine"
+
+    def __init__(self, args, encoder, decoder, length_predictor):
+        super().__init__(encoder, decoder)
+        self.args = args
+        self.length_predictor = length_predictor
+        self.pad = decoder.dictionary.pad()
+        self.eos = decoder.dictionary.eos()
+
+    @staticmethod
+    def add_args(parser):
+        TransformerModel.add_args(parser)
+        parser.add_argument("--refine-layers", type=int, metavar="N",
+                            help="layers of the shared refinement decoder (decoder 2)")
+        parser.add_argument("--max-length-offset", type=int, metavar="N",
+                            help="length predictor classifies len(y)-len(x) in [-N, N]")
+        parser.add_argument("--length-hidden-dim", type=int, metavar="N",
+                            help="hidden size of the 2-layer length MLP")
+
+    @classmethod
+    def build_model(cls, args, task):
+        base_architecture(args)
+        src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+        enc_emb = Embedding(len(src_dict), args.encoder_embed_dim, src_dict.pad())
+        if args.share_all_embeddings:
+            if src_dict != tgt_dict:
+                raise ValueError("--share-all-embeddings needs a joined dictionary (fairseq-preprocess --joined-dictionary)")
+            dec_emb = enc_emb
+        else:
+            dec_emb = Embedding(len(tgt_dict), args.decoder_embed_dim, tgt_dict.pad())
+        encoder = TransformerEncoder(args, src_dict, enc_emb)
+        decoder = RefineNATDecoder(args, tgt_dict, dec_emb)
+        length = LengthPredictor(args.encoder_embed_dim, args.length_hidden_dim,
+                                 args.max_length_offset, args.dropout)
+        return cls(args, encoder, decoder, length)
+
+    # -- pieces, used by training and by the generator ------------------------------------
+    def encode(self, src_tokens, src_lengths):
+        return encode_source(self.encoder, src_tokens, src_lengths, self.pad, self.eos)
+
+    def length_logits(self, enc):
+        return self.length_predictor(masked_mean(enc["states"], enc["padding_mask"]))
+
+    def initial_step(self, enc, tgt_lengths):
+        return self.decoder.initial_step(enc, tgt_lengths)
+
+    def refine_step(self, enc, prev_tokens, prev_hidden):
+        return self.decoder.refine_step(enc, prev_tokens, prev_hidden)
+
+    # -- training ---------------------------------------------------------------------------
+    def forward(self, src_tokens, src_lengths, prev_output_tokens=None, tgt_tokens=None,
+                plan: Optional[RefinePlan] = None, **kwargs):
+        """All K passes of the training chain; returns one output dict per named loss term.
+
+        Every pass is trained to predict the reference y (J = sum_l -log p(y | input_l, x));
+        pass l > 0 reads, per sentence, its own previous output with probability alpha
+        (J_LVM) or a corrupted reference otherwise (J_DAE).
+        """
+        assert tgt_tokens is not None, "refine_nat.forward needs the target for training"
+        plan = plan or RefinePlan()
+        y, tgt_lengths = target_without_eos(tgt_tokens, self.pad, self.eos)
+        enc = self.encode(src_tokens, src_lengths)
+        outputs = {
+            "length": {
+                "out": self.length_logits(enc),
+                "tgt": self.length_predictor.target(enc["length"], tgt_lengths),
+            }
+        }
+        tgt_mask = y.ne(self.pad)
+        logits, hidden = self.initial_step(enc, tgt_lengths)
+        outputs["pass_0"] = {"out": logits, "tgt": y, "mask": tgt_mask}
+        for k in range(1, plan.passes):
+            own = self.sample_or_argmax(logits, plan.stochastic).masked_fill(~tgt_mask, self.pad)
+            if plan.corrupt is not None and plan.lvm_alpha < 1.0:
+                noisy = plan.corrupt(y, ~tgt_mask, k)
+                use_own = torch.rand(y.size(0), 1, device=y.device) < plan.lvm_alpha
+                prev = torch.where(use_own, own, noisy)
+            else:
+                prev = own
+            logits, hidden = self.refine_step(enc, prev, hidden)
+            outputs[f"pass_{k}"] = {"out": logits, "tgt": y, "mask": tgt_mask}
+        return outputs
+
+    @staticmethod
+    def sample_or_argmax(logits, stochastic):
+        """Deterministic (argmax) or stochastic (sampled) approximation of the latent chain."""
+        if not stochastic:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.detach().float(), -1)
+        return torch.multinomial(probs.view(-1, probs.size(-1)), 1).view(probs.shape[:-1])
+
+    def max_positions(self):
+        return (self.encoder.max_positions(), self.decoder.max_positions())
+
+
+class RefineNATDecoder(FairseqDecoder):
+    """Decoder 1 and the shared refinement decoder 2, over one embedding/output projection."""
+
+    def __init__(self, args, dictionary, embed_tokens):
+        super().__init__(dictionary)
+        dim = args.decoder_embed_dim
+        self.embed_tokens = embed_tokens
+        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(dim)
+        self.max_target_positions = args.max_target_positions
+        if args.encoder_embed_dim != dim:
+            raise ValueError("refine_nat copies source embeddings: encoder and decoder dims must match")
+
+        def stack(layers):
+            return ParallelTransformerStack(
+                dim, args.decoder_ffn_embed_dim, args.decoder_attention_heads, layers,
+                dropout=args.dropout, cross_attention=True,
+                max_positions=args.max_target_positions + dictionary.pad() + 1,
+                padding_idx=dictionary.pad(),
+            )
+
+        self.initial = stack(args.decoder_layers)
+        self.refine = stack(args.refine_layers)
+        self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
+        if args.share_decoder_input_output_embed:
+            self.output_projection.weight = embed_tokens.weight
+        else:
+            nn.init.normal_(self.output_projection.weight, mean=0, std=dim**-0.5)
+
+    def initial_step(self, enc, tgt_lengths):
+        """Decoder 1 on a uniform copy of the source embeddings -> (logits, hidden)."""
+        mask = lengths_to_padding_mask(tgt_lengths.clamp(min=1))
+        src_emb = self._shift_to_start(enc["embedding"], enc["start"])
+        x = uniform_copy(src_emb, enc["length"], tgt_lengths.clamp(min=1))
+        h = self.initial(x, mask, enc["states"], enc["padding_mask"])
+        return self.output_projection(h), h
+
+    def refine_step(self, enc, prev_tokens, prev_hidden):
+        """Decoder 2 on embed(previous output) + previous hidden states -> (logits, hidden)."""
+        mask = prev_tokens.eq(self.dictionary.pad())
+        x = self.embed_scale * self.embed_tokens(prev_tokens) + prev_hidden
+        h = self.refine(x, mask, enc["states"], enc["padding_mask"])
+        return self.output_projection(h), h
+
+    @staticmethod
+    def _shift_to_start(states, start):
+        """Align every row to start at its first real token (handles left-padded sources)."""
+        if not bool(start.any()):
+            return states
+        idx = (torch.arange(states.size(1), device=states.device)[None, :] + start[:, None])
+        idx = idx.clamp(max=states.size(1) - 1)
+        return states.gather(1, idx.unsqueeze(-1).expand(-1, -1, states.size(-1)))
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - the model drives the steps
+        raise NotImplementedError("use RefineNATModel.initial_step / refine_step")
+
+    def max_positions(self):
+        return self.max_target_positions
+
+
+def _nat_defaults(args):
+    args.share_decoder_input_output_embed = getattr(args, "share_decoder_input_output_embed", True)
+    args.share_all_embeddings = getattr(args, "share_all_embeddings", False)
+    args.no_scale_embedding = getattr(args, "no_scale_embedding", False)
+    args.encoder_normalize_before = getattr(args, "encoder_normalize_before", True)
+    args.decoder_normalize_before = getattr(args, "decoder_normalize_before", True)
+    args.dropout = getattr(args, "dropout", 0.1)
+    args.attention_dropout = getattr(args, "attention_dropout", 0.0)
+    args.activation_dropout = getattr(args, "activation_dropout", 0.0)
+    args.activation_fn = getattr(args, "activation_fn", "relu")
+    args.encoder_learned_pos = getattr(args, "encoder_learned_pos", False)
+    args.no_token_positional_embeddings = getattr(args, "no_token_positional_embeddings", False)
+    args.adaptive_input = getattr(args, "adaptive_input", False)
+    args.max_source_positions = getattr(args, "max_source_positions", 256)
+    args.max_target_positions = getattr(args, "max_target_positions", 256)
+    args.max_length_offset = getattr(args, "max_length_offset", 50)
+
+
+@register_model_architecture("refine_nat", "refine_nat")
+def base_architecture(args):
+    """Base size: 512-d, 6 encoder / 6 decoder-1 / 6 refinement layers (the paper's size)."""
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 512)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 2048)
+    args.encoder_layers = getattr(args, "encoder_layers", 6)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 8)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", args.encoder_embed_dim)
+    args.decoder_ffn_embed_dim = getattr(args, "decoder_ffn_embed_dim", args.encoder_ffn_embed_dim)
+    args.decoder_layers = getattr(args, "decoder_layers", 6)
+    args.decoder_attention_heads = getattr(args, "decoder_attention_heads", args.encoder_attention_heads)
+    args.refine_layers = getattr(args, "refine_layers", args.decoder_layers)
+    args.length_hidden_dim = getattr(args, "length_hidden_dim", args.encoder_embed_dim)
+    _nat_defaults(args)
+
+
+@register_model_architecture("refine_nat", "refine_nat_base")
+def refine_nat_base(args):
+    base_architecture(args)
+
+
+@register_model_architecture("refine_nat", "refine_nat_small")
+def refine_nat_small(args):
+    """For Multi30k on a CPU: 256-d, 3 layers each."""
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 256)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 1024)
+    args.encoder_layers = getattr(args, "encoder_layers", 3)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
+    args.decoder_layers = getattr(args, "decoder_layers", 3)
+    args.refine_layers = getattr(args, "refine_layers", 3)
+    base_architecture(args)
+
+
+@register_model_architecture("refine_nat", "refine_nat_tiny")
+def refine_nat_tiny(args):
+    """For tests: 64-d, 2 layers each."""
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 64)
+    args.encoder_ffn_embed_dim = getattr(args, "encoder_ffn_embed_dim", 128)
+    args.encoder_layers = getattr(args, "encoder_layers", 2)
+    args.encoder_attention_heads = getattr(args, "encoder_attention_heads", 4)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    args.refine_layers = getattr(args, "refine_layers", 2)
+    args.max_length_offset = getattr(args, "max_length_offset", 16)
+    args.dropout = getattr(args, "dropout", 0.0)
+    base_architecture(args)

@@ -1,0 +1,105 @@
+"""A non-causal Transformer stack made of fairseq's own layers.
+
+Every parallel decoder in nar_refine (refinement decoders, LaNMT prior/posterior/decoder,
+the score network) is "positions in, positions out, optionally attending to a context".
+fairseq's ``TransformerDecoderLayerBase`` does exactly that when no causal mask is given.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from fairseq.models.transformer import TransformerConfig
+from fairseq.modules import LayerNorm, PositionalEmbedding
+from fairseq.modules.transformer_layer import (
+    TransformerDecoderLayerBase,
+    TransformerEncoderLayerBase,
+)
+from fairseq.utils import new_arange
+
+
+def layer_config(embed_dim, ffn_dim, heads, dropout, attention_dropout=0.0, normalize_before=True):
+    """A fairseq TransformerConfig whose encoder and decoder sections share one size."""
+    cfg = TransformerConfig()
+    for side in (cfg.encoder, cfg.decoder):
+        side.embed_dim = embed_dim
+        side.ffn_embed_dim = ffn_dim
+        side.attention_heads = heads
+        side.normalize_before = normalize_before
+    cfg.dropout = dropout
+    cfg.attention_dropout = attention_dropout
+    cfg.activation_dropout = dropout
+    return cfg
+
+
+class ParallelTransformerStack(nn.Module):
+    """``layers`` fairseq Transformer layers over all positions at once (no causal mask).
+
+    With ``cross_attention`` every layer also attends to a context (e.g. source states);
+    without it the stack is a plain Transformer encoder. Adds sinusoidal positions when
+    ``max_positions`` is given, and a final LayerNorm (pre-norm layers).
+    """
+
+    def __init__(self, embed_dim, ffn_dim, heads, layers, dropout=0.1, cross_attention=True,
+                 max_positions: Optional[int] = 1024, padding_idx: int = 1):
+        super().__init__()
+        cfg = layer_config(embed_dim, ffn_dim, heads, dropout)
+        self.cross_attention = cross_attention
+        if cross_attention:
+            self.layers = nn.ModuleList(
+                [TransformerDecoderLayerBase(cfg, no_encoder_attn=False) for _ in range(layers)]
+            )
+        else:
+            self.layers = nn.ModuleList([TransformerEncoderLayerBase(cfg) for _ in range(layers)])
+        self.padding_idx = padding_idx
+        self.embed_positions = (
+            PositionalEmbedding(max_positions, embed_dim, padding_idx, learned=False)
+            if max_positions
+            else None
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.layer_norm = LayerNorm(embed_dim)
+
+    def forward(self, x, padding_mask, context=None, context_padding_mask=None):
+        """x: B x T x C, padding_mask: B x T (True at pads); context: B x S x C. Returns B x T x C."""
+        if self.embed_positions is not None:
+            # PositionalEmbedding numbers positions from a token tensor; pads get no position.
+            pos_tokens = padding_mask.long() * self.padding_idx + (~padding_mask).long() * (
+                self.padding_idx + 1
+            )
+            x = x + self.embed_positions(pos_tokens)
+        x = self.dropout(x)
+        x = x.transpose(0, 1)
+        ctx = context.transpose(0, 1) if context is not None else None
+        for layer in self.layers:
+            if self.cross_attention:
+                x, _, _ = layer(
+                    x,
+                    encoder_out=ctx,
+                    encoder_padding_mask=context_padding_mask,
+                    self_attn_padding_mask=padding_mask,
+                )
+            else:
+                x = layer(x, encoder_padding_mask=padding_mask)
+        x = self.layer_norm(x).transpose(0, 1)
+        return x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+
+
+def uniform_copy(src_states, src_lengths, tgt_lengths):
+    """Copy source positions uniformly onto ``tgt_lengths`` target positions.
+
+    Target position t reads source position round(t * (S-1)/(T-1)) (Gu et al. 2018; the
+    input of Lee et al.'s decoder 1). src_states: B x S x C. Returns B x T_max x C.
+    """
+    max_tgt = int(tgt_lengths.max())
+    steps = (src_lengths.float() - 1) / (tgt_lengths.float() - 1).clamp(min=1)
+    index = new_arange(tgt_lengths, max_tgt).float()[None, :] * steps[:, None]
+    index = torch.round(index).long().clamp(min=0)
+    index = torch.minimum(index, (src_lengths - 1).clamp(min=0)[:, None])
+    return src_states.gather(1, index.unsqueeze(-1).expand(-1, -1, src_states.size(-1)))
+
+
+def lengths_to_padding_mask(lengths, max_len=None):
+    """B lengths -> B x T bool mask, True at padding."""
+    max_len = int(lengths.max()) if max_len is None else max_len
+    return new_arange(lengths, max_len)[None, :] >= lengths[:, None]

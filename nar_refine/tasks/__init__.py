@@ -1,0 +1,1 @@
+from . import nar_translation  # noqa: F401

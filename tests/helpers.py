@@ -1,0 +1,91 @@
+"""Tiny data and real fairseq CLI runs for the tests (after fairseq's tests/utils.py)."""
+
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+USER_DIR = str(REPO / "nar_refine")
+BIN = Path(sys.executable).parent
+
+
+def cli(name):
+    """Path of a fairseq console script of this interpreter's environment."""
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+def run(cmd, check=True, env=None, timeout=1200):
+    """Run a CLI command; on failure show its output in the assertion message."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    full_env.update(env or {})
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=full_env,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def write_toy_corpus(folder, n_train=2000, n_valid=100, n_test=60, vocab=24, min_len=3,
+                     max_len=8, seed=1):
+    """A deterministic 'translation' task: lowercase word wK -> uppercase WK, same order.
+
+    Easy enough that tiny non-autoregressive models learn it in a few hundred updates.
+    """
+    rng = random.Random(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = [f"w{i}" for i in range(vocab)]
+
+    def sentence():
+        return [rng.choice(words) for _ in range(rng.randint(min_len, max_len))]
+
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
+        src = [sentence() for _ in range(n)]
+        (folder / f"{split}.src").write_text("\n".join(" ".join(s) for s in src) + "\n")
+        (folder / f"{split}.tgt").write_text(
+            "\n".join(" ".join(w.upper() for w in s) for s in src) + "\n"
+        )
+    return folder
+
+
+def preprocess(raw, dest, extra=()):
+    run([cli("fairseq-preprocess"), "--source-lang", "src", "--target-lang", "tgt",
+         "--trainpref", f"{raw}/train", "--validpref", f"{raw}/valid", "--testpref", f"{raw}/test",
+         "--destdir", dest, "--joined-dictionary", "--workers", "1", *extra])
+    return dest
+
+
+def train(data, save_dir, args, max_update=300, extra_env=None):
+    cmd = [cli("fairseq-train"), data, "--user-dir", USER_DIR, "--save-dir", save_dir,
+           "--max-update", str(max_update), "--num-workers", "0", "--seed", "1",
+           "--no-progress-bar", "--log-format", "simple", "--log-interval", "10", *args]
+    return run(cmd, env=extra_env)
+
+
+def generate(data, path, args=(), check=True, subset="test"):
+    cmd = [cli("fairseq-generate"), data, "--user-dir", USER_DIR, "--path", path,
+           "--gen-subset", subset, "--batch-size", "32", "--num-workers", "0", *args]
+    return run(cmd, check=check)
+
+
+def parse_hypotheses(stdout, prefix="H"):
+    """{sample id: text} from fairseq-generate's H-/D- lines."""
+    out = {}
+    for line in stdout.splitlines():
+        m = re.match(rf"^{prefix}-(\d+)\t(\S+)\t(.*)$", line)
+        if m:
+            out[int(m.group(1))] = m.group(3)
+    return out
+
+
+def parse_bleu(stdout):
+    m = re.search(r"BLEU4? = ([\d.]+)|BLEU = ([\d.]+)", stdout)
+    assert m, f"no BLEU line in output:\n{stdout[-2000:]}"
+    return float(m.group(1) or m.group(2))
