@@ -1,0 +1,84 @@
+# Shared settings for the Multi30k En->De step scripts. Sourced, not run.
+# Every step accepts:  [--smoke] [--bpe sentencepiece|fastbpe] [WORKDIR]
+#   --smoke   first 500 training sentences, tiny models, a few dozen updates (CI; minutes)
+#   --bpe     subword model: sentencepiece (default, joint unigram ~8000) or fastbpe
+#             (joint BPE, 10k merges, on Moses-tokenised text)
+#   WORKDIR   default examples/multi30k/work (smoke: examples/multi30k/work-smoke)
+# Environment overrides: DATA (raw Multi30k dir), MAX_UPDATE, USER_DIR, THREADS.
+set -euo pipefail
+
+EXAMPLE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$EXAMPLE_DIR/../.." && pwd)"
+DATA=${DATA:-/work/shared/data/multi30k}
+USER_DIR=${USER_DIR:-$REPO_DIR/nar_refine}   # patches torch.load for fairseq (torch>=2.6)
+SMOKE=0
+BPE=sentencepiece
+WORK=""
+EXTRA_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) SMOKE=1 ;;
+    --bpe) BPE="$2"; shift ;;
+    --bpe=*) BPE="${1#--bpe=}" ;;
+    --) shift; EXTRA_ARGS+=("$@"); break ;;
+    -*) EXTRA_ARGS+=("$1") ;;
+    *) WORK="$1" ;;
+  esac
+  shift
+done
+case "$BPE" in sentencepiece|fastbpe) ;; *) echo "unknown --bpe $BPE" >&2; exit 2 ;; esac
+if [ -z "$WORK" ]; then
+  if [ "$SMOKE" = 1 ]; then WORK="$EXAMPLE_DIR/work-smoke"; else WORK="$EXAMPLE_DIR/work"; fi
+fi
+mkdir -p "$WORK/logs"
+WORK="$(cd "$WORK" && pwd)"
+
+# One thread by default: the machine is shared and small; results are timed on one core.
+THREADS=${THREADS:-1}
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+
+SRC=en
+TGT=de
+BIN="$WORK/data-bin"            # real references
+DISTIL_BIN="$WORK/data-bin-distil"   # teacher's beam-5 output as targets
+# fairseq-generate post-processing matching the subword model
+if [ "$BPE" = sentencepiece ]; then POST=sentencepiece; else POST=subword_nmt; fi
+
+# Model sizes: same for teacher and all NAT models (fair comparison), tiny for --smoke.
+if [ "$SMOKE" = 1 ]; then
+  LAYERS=1; DIM=64; FFN=128; HEADS=2; MAX_TOKENS=1024
+  SMOKE_LINES=500; SPM_VOCAB=1000; BPE_MERGES=1000
+else
+  LAYERS=3; DIM=256; FFN=1024; HEADS=4; MAX_TOKENS=4096
+  SMOKE_LINES=0; SPM_VOCAB=8000; BPE_MERGES=10000
+fi
+MODEL_ARGS=(--encoder-layers $LAYERS --decoder-layers $LAYERS
+  --encoder-embed-dim $DIM --decoder-embed-dim $DIM
+  --encoder-ffn-embed-dim $FFN --decoder-ffn-embed-dim $FFN
+  --encoder-attention-heads $HEADS --decoder-attention-heads $HEADS)
+
+log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+# Run fairseq-train into $1 (checkpoint dir) and write a timing/summary file next to it.
+# Resumes from checkpoint_last.pt by itself; skipped when $1/DONE exists.
+train() {
+  local dir="$1"; shift
+  if [ -f "$dir/DONE" ]; then log "skip: $dir/DONE exists"; cat "$dir/DONE"; return 0; fi
+  mkdir -p "$dir"
+  local name; name=$(basename "$dir")
+  log "fairseq-train -> $dir (log: $WORK/logs/$name.log)"
+  echo "fairseq-train $*" > "$dir/command.txt"
+  local t0; t0=$(date +%s)
+  fairseq-train "$@" --save-dir "$dir" --user-dir "$USER_DIR" \
+    2>&1 | tee -a "$WORK/logs/$name.log"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || { log "fairseq-train failed (rc=$rc)"; return "$rc"; }
+  local t1; t1=$(date +%s)
+  {
+    echo "command: fairseq-train $*"
+    echo "wall_seconds_this_run: $((t1 - t0))"
+    grep -E "\| valid on 'valid' subset" "$WORK/logs/$name.log" | tail -1 | sed 's/^.*| valid/last valid:/'
+    grep -E "done training in" "$WORK/logs/$name.log" | tail -1 | sed 's/^.*| done/done/'
+  } > "$dir/DONE"
+  cat "$dir/DONE"
+}

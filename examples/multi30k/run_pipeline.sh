@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Driver: runs every step in order (each is resumable, so re-running continues where it stopped).
+# Usage: run_pipeline.sh [--smoke] [--bpe ...] [WORKDIR]
+#   nohup examples/multi30k/run_pipeline.sh > examples/multi30k/work-pipeline.log 2>&1 &
+# NAT_MODELS="refine_nat lanmt score_net" adds the nar_refine models after the CMLM baseline.
+set -euo pipefail
+D="$(cd "$(dirname "$0")" && pwd)"
+for step in prepare teacher evaluate_teacher distil train_cmlm evaluate_cmlm ${NAT_MODELS:-}; do
+  case "$step" in
+    evaluate_teacher) cmd=("$D/evaluate.sh" teacher) ;;
+    evaluate_cmlm) cmd=("$D/evaluate.sh" cmlm) ;;
+    refine_nat|lanmt|score_net) cmd=("$D/train_$step.sh") ;;
+    *) cmd=("$D/$step.sh") ;;
+  esac
+  echo "=== [$(date -u +%H:%M:%S)] $step: ${cmd[*]} $*"
+  t0=$(date +%s)
+  "${cmd[@]}" "$@"
+  echo "=== [$(date -u +%H:%M:%S)] $step finished in $(( $(date +%s) - t0 )) s"
+done

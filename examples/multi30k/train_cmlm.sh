@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Step 4a: fairseq's own CMLM (Mask-Predict) on the distilled data: the peer NAT baseline.
+#   WORK/data-bin-distil -> WORK/checkpoints/cmlm/checkpoint_best.pt
+# Same size and training budget as the teacher (3+3 layers, d=256, ~30 min on one thread).
+# Usage: train_cmlm.sh [--smoke] [WORKDIR] [-- extra fairseq-train args]
+# Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT.
+source "$(dirname "$0")/common.sh"
+[ -s "$DISTIL_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $DISTIL_BIN: run distil.sh first" >&2; exit 1; }
+if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-40}; else MAX_UPDATE=${MAX_UPDATE:-500}; fi
+if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-200}; fi
+LR=${LR:-1e-3}
+DROPOUT=${DROPOUT:-0.1}
+
+train "$WORK/checkpoints/cmlm" "$DISTIL_BIN" \
+  --task translation_lev --noise random_mask \
+  --arch cmlm_transformer --share-all-embeddings "${MODEL_ARGS[@]}" \
+  --encoder-learned-pos --decoder-learned-pos --apply-bert-init \
+  --dropout $DROPOUT --weight-decay 0.01 \
+  --criterion nat_loss --label-smoothing 0.1 \
+  --optimizer adam --adam-betas '(0.9,0.98)' \
+  --lr $LR --lr-scheduler inverse_sqrt --warmup-updates $WARMUP --warmup-init-lr 1e-07 \
+  --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE --fixed-validation-seed 7 \
+  --ddp-backend legacy_ddp --no-epoch-checkpoints --seed 1 --num-workers 0 \
+  --log-format simple --log-interval 50 "${EXTRA_ARGS[@]}"

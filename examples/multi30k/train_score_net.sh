@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Step 4d (nar_refine): score network for continuous-space refinement (Lee, Shu & Cho 2020),
+# trained on a frozen LaNMT (run train_lanmt.sh first).
+#   WORK/data-bin-distil + WORK/checkpoints/lanmt/checkpoint_best.pt
+#   -> WORK/checkpoints/score_net/checkpoint_best.pt
+# Usage: train_score_net.sh [--smoke] [WORKDIR] [-- extra fairseq-train args]
+# Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT, LANMT (checkpoint path).
+source "$(dirname "$0")/common.sh"
+[ -s "$DISTIL_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $DISTIL_BIN: run distil.sh first" >&2; exit 1; }
+LANMT=${LANMT:-$WORK/checkpoints/lanmt/checkpoint_best.pt}
+[ -f "$LANMT" ] || { echo "no LaNMT checkpoint $LANMT: run train_lanmt.sh first" >&2; exit 1; }
+if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-40}; else MAX_UPDATE=${MAX_UPDATE:-500}; fi
+if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-200}; fi
+LR=${LR:-1e-3}
+DROPOUT=${DROPOUT:-0.1}
+
+train "$WORK/checkpoints/score_net" "$DISTIL_BIN" \
+  --task nar_translation --arch score_net_small --lanmt-path "$LANMT" \
+  --criterion score_matching \
+  --dropout $DROPOUT \
+  --optimizer adam --adam-betas '(0.9,0.98)' \
+  --lr $LR --lr-scheduler inverse_sqrt --warmup-updates $WARMUP --warmup-init-lr 1e-07 \
+  --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE \
+  --no-epoch-checkpoints --seed 1 --num-workers 0 \
+  --log-format simple --log-interval 50 "${EXTRA_ARGS[@]}"
