@@ -1,1 +1,2 @@
 from . import refine_nat_loss  # noqa: F401
+from . import score_matching  # noqa: F401

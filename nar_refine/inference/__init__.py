@@ -41,4 +41,8 @@ def build_nar_generator(task, models, gen_args):
             retain_history=getattr(gen_args, "retain_iter_history", False),
             max_len=model.max_positions()[1],
         )
+    if decoding in ("score", "energy"):
+        from nar_refine.inference.score_inference import build_score_generator
+
+        return build_score_generator(task, model, gen_args, decoding)
     raise NARConfigError(f"--decoding {decoding} is not available for {type(model).__name__}")

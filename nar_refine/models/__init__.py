@@ -1,1 +1,2 @@
 from . import refine_nat  # noqa: F401
+from . import inference_network  # noqa: F401

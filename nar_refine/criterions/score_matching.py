@@ -1,0 +1,81 @@
+"""Training objective of the score and energy inference networks (Lee, Shu & Cho 2020).
+
+For start points z drawn around the prior of a frozen LaNMT, z = mu(x) + s * sigma(x) * eps,
+and the delta-inference target delta = z_k - z (k steps z -> argmax y -> E_q[z|x,y]),
+
+    L = sum_i ( ||S_i||^2 - 2 <S_i, delta_i> ) / N      = sum_i ||S_i - delta_i||^2 / N - const
+
+over the N real latent (source) positions i of the batch, S_i = S(z; x)_i in R^d. The loss is
+normalised per latent position (``sample_size`` = N, d dimensions summed), not per target
+token: the network regresses one d-vector per source position. The equivalent squared error
+``mse`` = ||S - delta||^2 and the cosine similarity of S and delta (mean over positions) are
+logged beside it, as is ||delta||^2 (the constant the two losses differ by).
+For ``energy_net`` S = -dE/dz, built with ``create_graph`` so the loss reaches E's weights.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from fairseq import metrics
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+
+from nar_refine.criterions.token_loss import item
+from nar_refine.models.inference_network import ScorePlan
+
+
+@dataclass
+class ScoreMatchingConfig(FairseqDataclass):
+    noise_scale: float = field(
+        default=1.0,
+        metadata={"help": "start points z = mu + noise_scale * sigma * eps under the LaNMT prior "
+                  "(0: the prior mean only, where inference starts)"},
+    )
+    delta_steps: int = field(
+        default=1,
+        metadata={"help": "k: steps of delta inference from z that define the target delta = z_k - z"},
+    )
+
+
+@register_criterion("score_matching", dataclass=ScoreMatchingConfig)
+class ScoreMatchingCriterion(FairseqCriterion):
+    def __init__(self, task, noise_scale, delta_steps):
+        super().__init__(task)
+        if noise_scale < 0:
+            raise ValueError("--noise-scale must be >= 0")
+        if delta_steps < 1:
+            raise ValueError("--delta-steps must be >= 1")
+        self.plan = ScorePlan(noise_scale=noise_scale, delta_steps=delta_steps)
+
+    def forward(self, model, sample, reduce=True):
+        net = sample["net_input"]
+        out = model(net["src_tokens"], net["src_lengths"], plan=self.plan)["score"]
+        mask = out["mask"]
+        score, delta = out["out"][mask].float(), out["tgt"][mask].float()  # N x d
+        loss = (score.pow(2).sum(-1) - 2 * (score * delta).sum(-1)).sum()
+        npos = int(mask.sum())
+        with torch.no_grad():
+            delta_sq = delta.pow(2).sum(-1)
+            log = {
+                "loss": item(loss),
+                "mse": item((score - delta).pow(2).sum()),
+                "delta_sq": item(delta_sq.sum()),
+                # a zero target (delta inference already at its fixed point) has no direction
+                "cosine": item(F.cosine_similarity(score, delta, dim=-1, eps=1e-8).sum()),
+                "ntokens": npos,
+                "nsentences": net["src_tokens"].size(0),
+                "sample_size": npos,
+            }
+        return loss, npos, log
+
+    @staticmethod
+    def reduce_metrics(logging_outputs):
+        npos = sum(log.get("sample_size", 0) for log in logging_outputs)
+        for key in ("loss", "mse", "delta_sq", "cosine"):
+            total = sum(log.get(key, 0) for log in logging_outputs)
+            metrics.log_scalar(key, total / max(npos, 1), npos, round=4)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
