@@ -45,4 +45,21 @@ def build_nar_generator(task, models, gen_args):
         from nar_refine.inference.score_inference import build_score_generator
 
         return build_score_generator(task, model, gen_args, decoding)
+    if decoding in ("prior", "delta"):
+        from nar_refine.models.lanmt import LaNMTModel
+
+        if not isinstance(model, LaNMTModel):
+            raise NARConfigError(
+                f"--decoding {decoding} needs a lanmt model, but the checkpoint holds "
+                f"{type(model).__name__} ({family})"
+            )
+        from nar_refine.inference.latent_refinement import build_latent_generator, delta_refiner
+
+        if decoding == "prior":
+            return build_latent_generator(task, model, gen_args)
+        return build_latent_generator(
+            task, model, gen_args, refiner=delta_refiner,
+            max_iter=getattr(gen_args, "iter_decode_max_iter", 10),
+            adaptive=not getattr(gen_args, "iter_decode_force_max_iter", False),
+        )
     raise NARConfigError(f"--decoding {decoding} is not available for {type(model).__name__}")

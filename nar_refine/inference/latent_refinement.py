@@ -1,0 +1,153 @@
+"""Decoding by refining a continuous latent z, then one final decode (LaNMT and its successors).
+
+    z_0 = mu_p(x)                       (or m latent-search candidates per sentence)
+    z_{k+1}, y_k = refiner(model, enc, z_k)       k < max_iter
+    y = argmax p(y | z_K, x)                     only the final z is decoded by the generator
+
+``refiner(model, enc, z) -> (z_next, tokens_or_None)`` is the inference rule: ``delta_refiner``
+(delta-posterior inference, Shu et al. 2020), and the score/energy networks (Lee, Shu & Cho
+2020) add theirs. When a refiner returns the tokens of the z it was given, the generator can
+stop a sentence adaptively as soon as they stop changing (it then leaves the batch) and keep
+them as the refinement history; refiners that never decode (tokens None) cost no softmax
+until the final decode, unless the history is asked for.
+
+Each hypothesis reports, besides fairseq's fields, ``lp_y`` = log p(y|z,x) (sum of the token
+log-probs of the argmax y at the predicted length), ``log_prior`` = log p(z|x), ``objective``
+= their sum (the quantity delta inference climbs) and ``latent`` (its final z, S x d).
+"""
+
+import torch
+
+from nar_refine.inference.hypotheses import make_hypothesis
+from nar_refine.inference.latent_search import expand_rows, latent_candidates, select_best
+
+
+def delta_refiner(model, enc, z):
+    """Delta-posterior step: y = argmax p(y|z,x), z' = E_q(z|x,y)[z]; returns (z', y)."""
+    z_next, tokens, _, _ = model.delta_step(enc, z)
+    return z_next, tokens
+
+
+def same_rows(a, b, pad):
+    """Per-row equality of two pad-padded token matrices of possibly different widths."""
+    width = max(a.size(1), b.size(1))
+    a = torch.nn.functional.pad(a, (0, width - a.size(1)), value=pad)
+    b = torch.nn.functional.pad(b, (0, width - b.size(1)), value=pad)
+    return a.eq(b).all(1)
+
+
+class LatentRefinementGenerator:
+    def __init__(self, tgt_dict, refiner=None, max_iter=0, adaptive=True, search_size=1,
+                 search_noise=0.5, scorer=None, retain_history=False, keep_candidates=False):
+        """``refiner`` None or ``max_iter`` 0 decodes z_0 directly (the ``prior`` decoding).
+
+        ``search_size`` m > 1 starts from m candidates per sentence and keeps the one that
+        ``scorer(src_tokens, src_lengths, tokens, lprobs) -> scores`` ranks first;
+        ``keep_candidates`` stores all of them in ``hypo["candidates"]`` (for inspection).
+        """
+        if search_size > 1 and scorer is None:
+            raise ValueError("latent search needs a candidate scorer")
+        self.pad, self.eos = tgt_dict.pad(), tgt_dict.eos()
+        self.refiner = refiner
+        self.max_iter = max_iter if refiner is not None else 0
+        self.adaptive = adaptive
+        self.search_size = max(1, search_size)
+        self.search_noise = search_noise
+        self.scorer = scorer
+        self.retain_history = retain_history
+        self.keep_candidates = keep_candidates
+
+    @torch.no_grad()
+    def generate(self, models, sample, **unused):
+        model = models[0]
+        model.eval()
+        net = sample["net_input"]
+        src_tokens, src_lengths = net["src_tokens"], net["src_lengths"]
+        bsz, m = src_tokens.size(0), self.search_size
+        enc = model.encode(src_tokens, src_lengths)
+        mu, sigma = model.prior(enc)
+        if m > 1:
+            rows = expand_rows(bsz, m, src_tokens.device)
+            enc, src_tokens, src_lengths = enc.index(rows), src_tokens[rows], src_lengths[rows]
+            z = latent_candidates(mu, sigma, m, self.search_noise)
+        else:
+            z = mu
+
+        z, steps, history = self.refine(model, enc, z)
+        tokens, lprobs, lengths = model.decode(enc, z)
+        lp_y = lprobs.sum(-1)
+        log_prior = model.log_prior(enc, z)
+        if history is not None:
+            for r in range(tokens.size(0)):
+                if not history[r] or not same_rows(history[r][-1][None], tokens[r][None], self.pad):
+                    history[r].append(tokens[r])
+
+        if m > 1:
+            scores = self.scorer(src_tokens, src_lengths, tokens, lprobs).float()
+            best = select_best(scores, m)
+        else:
+            scores, best = None, torch.arange(bsz, device=tokens.device)
+
+        hypos = []
+        for b, r in enumerate(best.tolist()):
+            hypo = make_hypothesis(tokens[r], lprobs[r], self.pad, self.eos, int(steps[r]),
+                                   history[r] if history is not None else None)
+            hypo.update(lp_y=float(lp_y[r]), log_prior=float(log_prior[r]),
+                        objective=float(lp_y[r] + log_prior[r]), latent=z[r])
+            if scores is not None:
+                hypo["search_score"] = float(scores[r])
+            if self.keep_candidates:
+                hypo["candidates"] = [
+                    {"tokens": tokens[c][tokens[c].ne(self.pad)],
+                     "score": float(scores[c]) if scores is not None else None,
+                     "lp_y": float(lp_y[c]), "log_prior": float(log_prior[c])}
+                    for c in range(b * m, (b + 1) * m)
+                ]
+            hypos.append([hypo])
+        return hypos
+
+    def refine(self, model, enc, z):
+        """Apply the refiner up to ``max_iter`` times; returns (z, steps per row, history)."""
+        n = z.size(0)
+        z = z.clone()
+        steps = torch.zeros(n, dtype=torch.long, device=z.device)
+        history = [[] for _ in range(n)] if self.retain_history else None
+        active = torch.arange(n, device=z.device)
+        prev = None  # tokens of the active rows at the previous step
+        for _ in range(self.max_iter):
+            if active.numel() == 0:
+                break
+            sub = enc.index(active)
+            z_next, toks = self.refiner(model, sub, z[active])
+            if toks is None and history is not None:
+                toks = model.decode(sub, z[active])[0]  # costs a softmax; only when asked
+            if history is not None:
+                for i, r in enumerate(active.tolist()):
+                    history[r].append(toks[i])
+            if self.adaptive and toks is not None and prev is not None:
+                # y_k == y_{k-1}: this z already yields a fixed point; keep it, drop the row
+                moving = ~same_rows(toks, prev, self.pad)
+            else:
+                moving = torch.ones(active.numel(), dtype=torch.bool, device=z.device)
+            z[active[moving]] = z_next[moving].to(z.dtype)
+            steps[active[moving]] += 1
+            active, prev = active[moving], (toks[moving] if toks is not None else None)
+        return z, steps, history
+
+
+def build_latent_generator(task, model, gen_args, refiner=None, max_iter=0, adaptive=True):
+    """A ``LatentRefinementGenerator`` configured from the task's and fairseq's options
+    (``--latent-search-size/-noise``, ``--teacher-path``, ``--retain-iter-history``)."""
+    from nar_refine.inference.latent_search import build_candidate_scorer
+
+    m = max(1, int(getattr(task.cfg, "latent_search_size", 1) or 1))
+    return LatentRefinementGenerator(
+        task.target_dictionary,
+        refiner=refiner,
+        max_iter=max_iter,
+        adaptive=adaptive,
+        search_size=m,
+        search_noise=getattr(task.cfg, "latent_search_noise", 0.5),
+        scorer=build_candidate_scorer(task, model) if m > 1 else None,
+        retain_history=getattr(gen_args, "retain_iter_history", False),
+    )

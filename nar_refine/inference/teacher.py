@@ -1,0 +1,104 @@
+"""An autoregressive fairseq translation model that rescores NAT candidates.
+
+score(x, y) = sum_t log p_AR(y_t | y_<t, x) over y + </s>, by teacher forcing: one batched
+forward pass for all candidates. The teacher must share the task's dictionaries symbol for
+symbol (same ids), which is checked when it is loaded.
+"""
+
+import logging
+import os
+
+import torch
+from fairseq import checkpoint_utils, tasks
+
+from nar_refine.tasks.nar_translation import NARConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def dictionary_mismatch(side, teacher_dict, task_dict):
+    """None if the symbol lists are equal, else a sentence that names the first difference."""
+    a, b = list(teacher_dict.symbols), list(task_dict.symbols)
+    if a == b:
+        return None
+    if len(a) != len(b):
+        head = f"{side} dictionary sizes differ: teacher {len(a)}, task {len(b)}"
+    else:
+        head = f"{side} dictionaries have the same size ({len(a)}) but different symbols"
+    for i, (s, t) in enumerate(zip(a, b)):
+        if s != t:
+            return f"{head}; first difference at id {i}: teacher {s!r}, task {t!r}"
+    return f"{head}; the first {min(len(a), len(b))} symbols agree"
+
+
+class TeacherScorer:
+    name = "autoregressive teacher"
+
+    def __init__(self, model, tgt_dict, path=""):
+        self.model = model.eval()
+        self.pad, self.eos = tgt_dict.pad(), tgt_dict.eos()
+        self.path = path
+
+    @classmethod
+    def from_path(cls, path, task, like=None):
+        """Load the teacher checkpoint; refuse it unless its dictionaries equal ``task``'s."""
+        if not os.path.isfile(path):
+            raise NARConfigError(f"--teacher-path {path}: no such checkpoint file")
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+        cfg = state["cfg"]
+        if getattr(cfg.model, "_name", None) is None and getattr(cfg.model, "arch", None) is None:
+            raise NARConfigError(f"--teacher-path {path}: not a fairseq model checkpoint")
+        data = str(cfg.task.data).split(os.pathsep)[0] if cfg.task.data else ""
+        verified = os.path.isdir(data)
+        if not verified:
+            # dictionaries are not stored in checkpoints; read ours and rely on the size check below
+            logger.warning("teacher %s: its data dir %r is gone, so its dictionaries cannot be "
+                           "compared symbol by symbol; checking sizes only", path, data)
+            cfg.task.data = task.cfg.data
+        teacher_task = tasks.setup_task(cfg.task)
+        for side, t_dict, n_dict in (
+            ("source", teacher_task.source_dictionary, task.source_dictionary),
+            ("target", teacher_task.target_dictionary, task.target_dictionary),
+        ):
+            problem = dictionary_mismatch(side, t_dict, n_dict)
+            if problem:
+                raise NARConfigError(
+                    f"--teacher-path {path} (dictionaries from {data}) does not share this task's "
+                    f"dictionaries: {problem}. The teacher must be trained on data binarized with "
+                    f"the same dict.*.txt (fairseq-preprocess --srcdict/--tgtdict)."
+                )
+        model = teacher_task.build_model(cfg.model)
+        if getattr(model, "is_nar_refine_model", False):
+            raise NARConfigError(f"--teacher-path {path} holds a non-autoregressive "
+                                 f"{type(model).__name__}; the teacher must be an autoregressive "
+                                 f"translation model (e.g. --arch transformer)")
+        try:
+            model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+        except RuntimeError as err:
+            raise NARConfigError(f"--teacher-path {path}: its weights do not fit its own "
+                                 f"architecture with this task's dictionaries ({err})") from err
+        if like is not None:
+            p = next(like.parameters())
+            model = model.to(device=p.device, dtype=p.dtype)
+        logger.info("latent search: candidates are scored by the autoregressive teacher %s", path)
+        return cls(model, task.target_dictionary, path)
+
+    @torch.no_grad()
+    def __call__(self, src_tokens, src_lengths, tokens, lprobs=None):
+        """Sum of teacher token log-probs of each row of ``tokens`` (+ </s>) given its source."""
+        p = next(self.model.parameters())
+        if p.device != tokens.device:
+            self.model.to(tokens.device)
+        lengths = tokens.ne(self.pad).long().sum(1)
+        bsz, width = tokens.size(0), int(lengths.max()) + 1
+        target = tokens.new_full((bsz, width), self.pad)
+        target[:, : tokens.size(1)] = tokens[:, :width]
+        target.scatter_(1, lengths[:, None], self.eos)
+        # teacher forcing input: </s> y_1 .. y_L (fairseq's prev_output_tokens), pads after
+        shifted = torch.cat([target.new_full((bsz, 1), self.eos), target[:, :-1]], 1)
+        real = torch.arange(width, device=tokens.device)[None, :] <= lengths[:, None]
+        prev = shifted.masked_fill(~real, self.pad)
+        out = self.model(src_tokens, src_lengths, prev)
+        lp = self.model.get_normalized_probs(out, log_probs=True).float()
+        tok_lp = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        return tok_lp.masked_fill(target.eq(self.pad), 0.0).sum(-1)
