@@ -52,6 +52,8 @@ else
   LAYERS=3; DIM=256; FFN=1024; HEADS=4; MAX_TOKENS=4096
   SMOKE_LINES=0; SPM_VOCAB=8000; BPE_MERGES=10000
 fi
+# Generation length limit: the smoke models are barely trained and would babble to 200 tokens.
+if [ "$SMOKE" = 1 ]; then GEN_ARGS=(--max-len-a 1.2 --max-len-b 10); else GEN_ARGS=(); fi
 MODEL_ARGS=(--encoder-layers $LAYERS --decoder-layers $LAYERS
   --encoder-embed-dim $DIM --decoder-embed-dim $DIM
   --encoder-ffn-embed-dim $FFN --decoder-ffn-embed-dim $FFN

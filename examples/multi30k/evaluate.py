@@ -13,7 +13,7 @@ segmentation and reports two sacreBLEU scores, labelled:
 
 Works with or without fairseq-generate --post-process/--remove-bpe (already-joined text is left
 as it is). --bpe fastbpe: removes "@@ " and Moses-detokenises (needs sacremoses).
-Options: --out-hyp FILE (detokenised hypotheses in id order), --json FILE (scores + speed).
+Options: --gen-log FILE (stderr of fairseq-generate: speed line), --out-hyp FILE (detokenised hypotheses in id order), --json FILE (scores + speed).
 """
 import argparse
 import json
@@ -23,17 +23,19 @@ import sys
 import sacrebleu
 
 
-def read_hypotheses(path):
+def read_hypotheses(path, log_path=None):
+    """H- lines by sample id, and fairseq-generate's "Translated N sentences ..." line (stdout or log)."""
     hyps = {}
     speed = None
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("H-"):
-                fields = line.rstrip("\n").split("\t")
-                idx = int(fields[0][2:])
-                hyps.setdefault(idx, fields[2] if len(fields) > 2 else "")
-            elif "Translated " in line and "sentences" in line:
-                speed = line.strip().split("| ")[-1]
+    for p in [path] + ([log_path] if log_path else []):
+        with open(p, encoding="utf-8") as f:
+            for line in f:
+                if p == path and line.startswith("H-"):
+                    fields = line.rstrip("\n").split("\t")
+                    idx = int(fields[0][2:])
+                    hyps.setdefault(idx, fields[2] if len(fields) > 2 else "")
+                elif "Translated " in line and "sentences" in line:
+                    speed = line[line.index("Translated "):].strip()
     return hyps, speed
 
 
@@ -69,12 +71,13 @@ def main():
     p.add_argument("--ref", required=True, help="raw reference file, one sentence per line")
     p.add_argument("--bpe", choices=["sentencepiece", "fastbpe", "none"], default="sentencepiece")
     p.add_argument("--lang", default="de", help="target language (Moses detokeniser)")
+    p.add_argument("--gen-log", help="fairseq-generate stderr, to pick up its speed line")
     p.add_argument("--out-hyp", help="write detokenised hypotheses here (id order)")
     p.add_argument("--json", help="write the scores here")
     p.add_argument("--name", default="", help="label printed with the scores")
     a = p.parse_args()
 
-    hyps, speed = read_hypotheses("/dev/stdin" if a.gen_output == "-" else a.gen_output)
+    hyps, speed = read_hypotheses("/dev/stdin" if a.gen_output == "-" else a.gen_output, a.gen_log)
     refs = [line.rstrip("\n") for line in open(a.ref, encoding="utf-8")]
     missing = [i for i in range(len(refs)) if i not in hyps]
     if missing or len(hyps) != len(refs):

@@ -12,8 +12,8 @@ mkdir -p "$WORK/results"
 BS=${BATCH_SIZE:-100}
 case "$MODEL" in
   teacher) SETTINGS=(
-      "beam5|--task translation --beam 5"
-      "beam1|--task translation --beam 1") ;;
+      "beam5|--task translation --beam 5 ${GEN_ARGS[*]}"
+      "beam1|--task translation --beam 1 ${GEN_ARGS[*]}") ;;
   cmlm) SETTINGS=(
       "iter10|--task translation_lev --iter-decode-max-iter 10 --iter-decode-eos-penalty 0 --beam 1"
       "iter10_lenbeam5|--task translation_lev --iter-decode-max-iter 10 --iter-decode-eos-penalty 0 --iter-decode-with-beam 5 --beam 1") ;;
@@ -35,7 +35,7 @@ for s in "${SETTINGS[@]}"; do
   echo "$cmd" > "$out.command.txt"
   $cmd > "$out.gen.txt" 2> "$out.gen.log" || { tail -20 "$out.gen.log"; exit 1; }
   python "$EXAMPLE_DIR/evaluate.py" "$out.gen.txt" --ref "$WORK/raw/test.$TGT" --bpe "$BPE" \
-    --lang $TGT --name "$MODEL/$name" --out-hyp "$out.hyp.txt" --json "$out.json"
+    --lang $TGT --gen-log "$out.gen.log" --name "$MODEL/$name" --out-hyp "$out.hyp.txt" --json "$out.json"
   python -c "
 import json; d=json.load(open('$out.json'))
 print('\t'.join(['$MODEL','$name',str(d['sacrebleu_cased_13a']),str(d['papers_lowercased_dedup_13a']),str(d['generate_speed'])]))

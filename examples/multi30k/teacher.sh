@@ -9,7 +9,7 @@
 # Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT (e.g. MAX_UPDATE=20000 LR=5e-4 WARMUP=1000
 # DROPOUT=0.3 for a longer, better run on a bigger machine).
 source "$(dirname "$0")/common.sh"
-if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-40}; else MAX_UPDATE=${MAX_UPDATE:-500}; fi
+if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; else MAX_UPDATE=${MAX_UPDATE:-500}; fi
 if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-200}; fi
 LR=${LR:-1e-3}
 DROPOUT=${DROPOUT:-0.1}

@@ -6,7 +6,7 @@
 # Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT.
 source "$(dirname "$0")/common.sh"
 [ -s "$DISTIL_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $DISTIL_BIN: run distil.sh first" >&2; exit 1; }
-if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-40}; else MAX_UPDATE=${MAX_UPDATE:-500}; fi
+if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; else MAX_UPDATE=${MAX_UPDATE:-500}; fi
 if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-200}; fi
 LR=${LR:-1e-3}
 DROPOUT=${DROPOUT:-0.1}
