@@ -54,6 +54,13 @@ class NARTranslationConfig(TranslationConfig):
         default=0.5,
         metadata={"help": "latent search: candidates are mu + noise * sigma * N(0, I)"},
     )
+    delta_no_ascent_check: bool = field(
+        default=False,
+        metadata={
+            "help": "delta inference: run the plain chain of the paper; by default a step that "
+            "lowers log p(y|z,x) + log p(z|x) is undone and the sentence stops there"
+        },
+    )
     teacher_path: Optional[str] = field(
         default=None,
         metadata={
