@@ -173,6 +173,7 @@ def main():
     info["total_seconds_this_run"] = round(time.time() - t_start, 1)
     with open(os.path.join(args.out, "distill.json"), "w") as f:
         json.dump(info, f, indent=2)
+        f.write("\n")
     log(f"done: {args.out}")
 
 

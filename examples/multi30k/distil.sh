@@ -7,7 +7,7 @@ source "$(dirname "$0")/common.sh"
 TEACHER="$WORK/checkpoints/teacher/checkpoint_best.pt"
 [ -f "$TEACHER" ] || { echo "no teacher at $TEACHER: run teacher.sh first" >&2; exit 1; }
 if [ -f "$DISTIL_BIN/distill.json" ] && [ -s "$DISTIL_BIN/train.$SRC-$TGT.$TGT.bin" ]; then
-  log "skip: $DISTIL_BIN exists"; cat "$DISTIL_BIN/distill.json"; exit 0
+  log "skip: $DISTIL_BIN exists"; cat "$DISTIL_BIN/distill.json"; echo; exit 0
 fi
 t0=$(date +%s)
 python "$REPO_DIR/scripts/distill.py" --data-bin "$BIN" --teacher "$TEACHER" --out "$DISTIL_BIN" \

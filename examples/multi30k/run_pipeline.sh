@@ -5,11 +5,11 @@
 # NAT_MODELS="refine_nat lanmt score_net" adds the nar_refine models after the CMLM baseline.
 set -euo pipefail
 D="$(cd "$(dirname "$0")" && pwd)"
-for step in prepare teacher evaluate_teacher distil train_cmlm evaluate_cmlm ${NAT_MODELS:-}; do
+NAT_STEPS=()
+for m in ${NAT_MODELS:-}; do NAT_STEPS+=("train_$m" "evaluate_$m"); done
+for step in prepare teacher evaluate_teacher distil train_cmlm evaluate_cmlm "${NAT_STEPS[@]}"; do
   case "$step" in
-    evaluate_teacher) cmd=("$D/evaluate.sh" teacher) ;;
-    evaluate_cmlm) cmd=("$D/evaluate.sh" cmlm) ;;
-    refine_nat|lanmt|score_net) cmd=("$D/train_$step.sh") ;;
+    evaluate_*) cmd=("$D/evaluate.sh" "${step#evaluate_}") ;;
     *) cmd=("$D/$step.sh") ;;
   esac
   echo "=== [$(date -u +%H:%M:%S)] $step: ${cmd[*]} $*"

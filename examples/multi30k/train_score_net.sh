@@ -9,15 +9,15 @@ source "$(dirname "$0")/common.sh"
 [ -s "$DISTIL_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $DISTIL_BIN: run distil.sh first" >&2; exit 1; }
 LANMT=${LANMT:-$WORK/checkpoints/lanmt/checkpoint_best.pt}
 [ -f "$LANMT" ] || { echo "no LaNMT checkpoint $LANMT: run train_lanmt.sh first" >&2; exit 1; }
-if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; else MAX_UPDATE=${MAX_UPDATE:-500}; fi
+if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; ARCH=score_net_tiny; else MAX_UPDATE=${MAX_UPDATE:-500}; ARCH=score_net_small; fi
 if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-200}; fi
 LR=${LR:-1e-3}
 DROPOUT=${DROPOUT:-0.1}
 
 train "$WORK/checkpoints/score_net" "$DISTIL_BIN" \
-  --task nar_translation --arch score_net_small --lanmt-path "$LANMT" \
+  --task nar_translation --arch $ARCH --lanmt-path "$LANMT" \
   --criterion score_matching \
-  --dropout $DROPOUT \
+  --inference-dropout $DROPOUT \
   --optimizer adam --adam-betas '(0.9,0.98)' \
   --lr $LR --lr-scheduler inverse_sqrt --warmup-updates $WARMUP --warmup-init-lr 1e-07 \
   --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE \
