@@ -89,3 +89,15 @@ def parse_bleu(stdout):
     m = re.search(r"BLEU4? = ([\d.]+)|BLEU = ([\d.]+)", stdout)
     assert m, f"no BLEU line in output:\n{stdout[-2000:]}"
     return float(m.group(1) or m.group(2))
+
+
+def log_value(line, key):
+    """A metric from a fairseq log line, in either '| key value' or 'key=value' form."""
+    m = re.search(rf"(?:\| |\b){re.escape(key)}[ =](-?[\d.]+)", line)
+    assert m, f"no {key} in log line: {line}"
+    return float(m.group(1))
+
+
+def log_lines(log, kind):
+    """fairseq log lines of one kind: 'train_inner', 'train', 'valid'."""
+    return [l for l in log.splitlines() if f"| {kind} |" in l]

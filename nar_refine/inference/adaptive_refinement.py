@@ -4,7 +4,9 @@
 2. decoder 1 gives y^0;
 3. decoder 2 refines y^{l-1} -> y^l, at most ``max_iter`` times; with ``adaptive`` a sentence
    stops (and leaves the batch) as soon as y^l == y^{l-1};
-4. among the length candidates keep the one with the best mean token log-probability.
+4. among the length candidates keep the best by mean token log-probability plus the length
+   log-probability log p(T|x) (the mean alone prefers short outputs: every position of a
+   too-short copy can still be confident).
 """
 
 import torch
@@ -29,8 +31,10 @@ class AdaptiveRefinementGenerator:
         net = sample["net_input"]
         enc = model.encode(net["src_tokens"], net["src_lengths"])
         bsz, beam = net["src_tokens"].size(0), self.length_beam
-        lengths = model.length_predictor.predict(model.length_logits(enc), enc["length"], beam,
-                                                 self.max_len).view(-1)
+        length_logits = model.length_logits(enc)
+        lengths = model.length_predictor.predict(length_logits, enc["length"], beam, self.max_len)
+        length_lp = model.length_predictor.log_prob(length_logits, enc["length"], lengths).view(-1)
+        lengths = lengths.view(-1)
         if beam > 1:
             enc = enc.index(torch.arange(bsz, device=lengths.device).repeat_interleave(beam))
 
@@ -54,9 +58,9 @@ class AdaptiveRefinementGenerator:
             if self.adaptive:
                 active = active[changed]
 
-        # keep the best length candidate by mean token log-probability
-        mean_lp = (lprobs.sum(-1) / lengths.float()).view(bsz, beam)
-        best = mean_lp.argmax(-1) + torch.arange(bsz, device=lengths.device) * beam
+        # keep the best length candidate
+        rank = (lprobs.sum(-1) / lengths.float() + length_lp).view(bsz, beam)
+        best = rank.argmax(-1) + torch.arange(bsz, device=lengths.device) * beam
         return [
             [make_hypothesis(tokens[r], lprobs[r], self.pad, self.eos, int(steps[r]),
                              history[r] if history is not None else None)]

@@ -84,8 +84,8 @@ def load_frozen_lanmt(path, task):
     missing = [name for name in LANMT_INTERFACE if not hasattr(lanmt, name)]
     if missing or isinstance(lanmt, InferenceNetworkModel):
         raise NARConfigError(
-            f"{path} holds a {type(lanmt).__name__}, not a LaNMT (lacks {', '.join(missing) or 'nothing'}); "
-            f"--lanmt-path must name a checkpoint of a model trained with --arch lanmt*"
+            f"{path} holds a {type(lanmt).__name__}, not a LaNMT; --lanmt-path must name the "
+            f"checkpoint of a model trained with --arch lanmt*"
         )
     lanmt.eval()
     for p in lanmt.parameters():

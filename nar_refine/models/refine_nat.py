@@ -64,6 +64,17 @@ def encode_source(encoder, src_tokens, src_lengths, pad, eos):
     )
 
 
+def require_nar_task(task, model_name):
+    """nar_refine models are trained and decoded by the nar_translation task only."""
+    from nar_refine.tasks.nar_translation import NARConfigError, NARTranslationTask
+
+    if not isinstance(task, NARTranslationTask):
+        raise NARConfigError(
+            f"{model_name} needs --task nar_translation (got {type(task).__name__}); that task "
+            f"owns the non-autoregressive generators"
+        )
+
+
 def target_without_eos(target, pad, eos):
     """fairseq targets are ``y </s> <pad>...``; NAT decoders predict ``y`` only."""
     y = target.masked_fill(target.eq(eos), pad)
@@ -96,6 +107,7 @@ class RefineNATModel(FairseqEncoderDecoderModel):
     @classmethod
     def build_model(cls, args, task):
         base_architecture(args)
+        require_nar_task(task, "refine_nat")
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         enc_emb = Embedding(len(src_dict), args.encoder_embed_dim, src_dict.pad())
         if args.share_all_embeddings:

@@ -41,6 +41,13 @@ class LengthPredictor(nn.Module):
         """Summed cross entropy of the true length offsets."""
         return F.cross_entropy(logits, self.target(src_lengths, tgt_lengths), reduction="sum")
 
+    def log_prob(self, logits, src_lengths, lengths):
+        """log p(T | x) of B x K candidate lengths (offsets outside the classes get -inf)."""
+        offset = lengths - src_lengths[:, None] + self.max_offset
+        valid = (offset >= 0) & (offset < logits.size(-1))
+        lp = torch.log_softmax(logits.float(), -1).gather(1, offset.clamp(0, logits.size(-1) - 1))
+        return lp.masked_fill(~valid, float("-inf"))
+
     def predict(self, logits, src_lengths, beam=1, max_length=None):
         """Lengths to decode: the most likely offset, or ``beam`` lengths centred on it.
 

@@ -1,0 +1,323 @@
+"""LaNMT through the real fairseq CLIs (train, generate) plus unit tests of its pieces.
+
+One tiny LaNMT is trained once per session (``lanmt_run``) and shared by every test; the
+autoregressive teacher is conftest's ``ar_teacher``.
+"""
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import USER_DIR, generate, parse_hypotheses, train
+
+N_TEST = 60  # sentences in the toy test split
+NAR = ["--task", "nar_translation"]
+LANMT_ARGS = [
+    "--task", "nar_translation", "--arch", "lanmt_tiny", "--criterion", "lanmt_elbo",
+    "--share-all-embeddings", "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler",
+    "inverse_sqrt", "--warmup-updates", "20", "--max-tokens", "2000", "--no-epoch-checkpoints",
+    "--disable-validation", "--kl-budget-hold-updates", "100", "--kl-budget-anneal-updates", "100",
+]
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def lanmt_run(toy_data, tmp_path_factory):
+    """(checkpoint path, training log) of a tiny LaNMT trained for 250 updates."""
+    save = tmp_path_factory.mktemp("lanmt")
+    proc = train(toy_data, str(save), LANMT_ARGS, max_update=250)
+    return str(save / "checkpoint_last.pt"), proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def lanmt(lanmt_run, toy_data):
+    """(model, task) loaded from the checkpoint, the way fairseq-generate loads it."""
+    from fairseq import checkpoint_utils, utils
+
+    utils.import_user_module(argparse.Namespace(user_dir=USER_DIR))
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [lanmt_run[0]], arg_overrides={"data": toy_data})
+    task.load_dataset("test")
+    return models[0].eval(), task
+
+
+def toy_batches(task, size=16):
+    itr = task.get_batch_iterator(task.dataset("test"), max_sentences=size, seed=1)
+    return list(itr.next_epoch_itr(shuffle=False))
+
+
+def run_generator(task, model, decoding, **gen_args):
+    """{sample id: hypothesis dict} of the generator fairseq-generate would build."""
+    from nar_refine.inference import build_nar_generator
+
+    task.cfg.decoding = decoding
+    gen = build_nar_generator(task, [model], argparse.Namespace(**gen_args))
+    out = {}
+    for sample in toy_batches(task):
+        for sid, hypos in zip(sample["id"].tolist(), gen.generate([model], sample)):
+            out[sid] = hypos[0]
+    return out
+
+
+def train_log_values(log, key):
+    """Values of ``key`` in fairseq's train_inner lines, in order."""
+    return [float(m.group(1)) for line in log.splitlines() if "train_inner" in line
+            for m in [re.search(rf"\b{key}=(-?[\d.]+)", line)] if m]
+
+
+# -- unit tests -------------------------------------------------------------------------------
+def test_length_transform_rows_sum_to_one_and_diagonal():
+    from nar_refine.models.lanmt import length_transform
+
+    states = torch.randn(2, 7, 3)
+    src_mask = torch.tensor([[False] * 7, [False] * 5 + [True] * 2])
+    _, w = length_transform(states, src_mask, torch.tensor([4, 9]), torch.tensor(1.0))
+    assert torch.allclose(w.sum(-1), torch.ones(2, 9))
+    assert w[1, :, 5:].abs().max() == 0  # never reads a source pad
+    # S == T: each target position reads its own source position most, symmetric falloff
+    _, w = length_transform(states[:1], torch.zeros(1, 7, dtype=torch.bool), torch.tensor([7]),
+                            torch.tensor(0.8))
+    assert torch.equal(w[0].argmax(-1), torch.arange(7))
+    assert torch.allclose(w[0, 3, :3], w[0, 3, 4:].flip(0))  # symmetric around the diagonal
+    # the squared distance: w(t, t+d) / w(t, t) = exp(-d^2 / (2 sigma^2)), not exp(-2^d / ...)
+    for d in (1, 2, 3):
+        assert math.isclose(float(w[0, 3, 3 + d] / w[0, 3, 3]), math.exp(-d * d / (2 * 0.64)),
+                            rel_tol=1e-4)
+
+
+def test_length_transform_monotone_when_lengths_differ():
+    from nar_refine.models.lanmt import length_transform
+
+    states = torch.randn(1, 10, 2)
+    _, w = length_transform(states, torch.zeros(1, 10, dtype=torch.bool), torch.tensor([4]),
+                            torch.tensor(1.0))
+    centre = (w[0] * torch.arange(10.0)).sum(-1)  # expected source position per target position
+    assert bool((centre[1:] > centre[:-1]).all())
+
+
+def test_gaussian_kl_matches_torch():
+    from torch.distributions import Normal, kl_divergence
+
+    from nar_refine.models.lanmt import gaussian_kl
+
+    mq, mp = torch.randn(5, 8), torch.randn(5, 8)
+    sq, sp = torch.rand(5, 8) + 0.1, torch.rand(5, 8) + 0.1
+    assert torch.allclose(gaussian_kl(mq, sq, mp, sp), kl_divergence(Normal(mq, sq), Normal(mp, sp)),
+                          atol=1e-5)
+
+
+def test_kl_budget_schedule_and_free_bits():
+    from nar_refine.criterions.lanmt_elbo import LaNMTELBO, kl_budget_at
+
+    assert [kl_budget_at(u, 1.0, 100, 50) for u in (0, 99, 100, 125, 150, 400)] == [1, 1, 1, 0.5, 0, 0]
+    assert kl_budget_at(10, 1.0, 0, 0) == 0.0
+    crit = LaNMTELBO(None, kl_budget=1.0, kl_budget_hold_updates=-1, kl_budget_anneal_updates=-1,
+                     length_loss_factor=0.0, label_smoothing=0.0, max_update=1000)
+    assert (crit.hold, crit.anneal) == (500, 400)  # half, then 40% of --max-update, then 0
+
+    kl_pos = torch.tensor([[0.2, 3.0, 0.5, 0.0]])  # last position is a pad
+    target = torch.tensor([[4, 5, 1]])
+
+    def fake_model(*args, **kwargs):
+        return {
+            "word_ins": {"out": torch.zeros(1, 2, 6), "tgt": target[:, :2], "mask": torch.ones(1, 2, dtype=torch.bool)},
+            "kl": {"out": kl_pos, "mask": torch.tensor([[True, True, True, False]])},
+            "length": {"out": torch.zeros(1, 3), "tgt": torch.tensor([1])},
+        }
+
+    sample = {"net_input": {"src_tokens": None, "src_lengths": None}, "target": target}
+    nll = 2 * math.log(6)
+    for update, budget in ((0, 1.0), (700, 0.5), (999, 0.0)):
+        crit.set_update_num(update)
+        loss, sample_size, log = crit(fake_model, sample)
+        expected_kl = sum(max(k, budget) for k in (0.2, 3.0, 0.5))  # max(KL_i, b) per position
+        assert sample_size == 2
+        assert math.isclose(float(loss), nll + expected_kl, rel_tol=1e-5)
+        assert math.isclose(log["kl"], 3.7, rel_tol=1e-5)  # the unclamped KL is logged too
+        assert log["kl_budget"] == budget
+
+
+# -- training -------------------------------------------------------------------------------
+def test_training_lowers_nll_and_kl(lanmt_run):
+    _, log = lanmt_run
+    nll, kl, budget = (train_log_values(log, k) for k in ("nll_loss", "kl", "kl_budget"))
+    assert len(nll) == len(kl) == 25, log[-3000:]
+    assert nll[-1] < nll[0] / 4
+    assert kl[-1] < kl[0] / 4
+    # the KL budget: 1 during the hold, annealed to 0, then 0
+    assert budget[0] == 1 and budget[-1] == 0 and 0 < budget[14] < 1
+    for key in ("length_loss", "kl_loss", "length_acc"):
+        assert train_log_values(log, key), key
+
+
+def test_forward_uses_every_parameter(lanmt):
+    model, task = lanmt
+    sample = toy_batches(task)[0]
+    model.train()
+    try:
+        out = model(**sample["net_input"], tgt_tokens=sample["target"])
+        loss = out["word_ins"]["out"].sum() + out["kl"]["out"].sum() + out["length"]["out"].sum()
+        model.zero_grad()
+        loss.backward()
+        unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not unused, f"parameters without gradient (DDP would fail): {unused}"
+    finally:
+        model.zero_grad()
+        model.eval()
+
+
+# -- generation -------------------------------------------------------------------------------
+def test_prior_delta_and_search_run_in_fairseq_generate(toy_data, lanmt_run, ar_teacher):
+    ckpt = lanmt_run[0]
+    settings = {
+        "prior": ["--decoding", "prior"],
+        "delta": ["--decoding", "delta", "--iter-decode-max-iter", "4", "--print-step",
+                  "--retain-iter-history"],
+        "search_teacher": ["--decoding", "delta", "--latent-search-size", "4", "--teacher-path", ar_teacher],
+        "search_self": ["--decoding", "prior", "--latent-search-size", "3"],
+    }
+    for name, args in settings.items():
+        proc = generate(toy_data, ckpt, [*NAR, *args])
+        hyps = parse_hypotheses(proc.stdout)
+        assert sorted(hyps) == list(range(N_TEST)), name
+        assert sum(h.strip() != "" for h in hyps.values()) == N_TEST, name
+        if name == "delta":
+            assert len(re.findall(r"^I-\d+\t\d+$", proc.stdout, re.M)) == N_TEST
+            assert len(re.findall(r"^E-\d+_0\t", proc.stdout, re.M)) == N_TEST
+        if name == "search_self":
+            assert "scored by the NAT's own log p(y|z,x)" in proc.stdout + proc.stderr
+        if name == "search_teacher":
+            assert "scored by the autoregressive teacher" in proc.stdout + proc.stderr
+        bleu = re.search(r"BLEU4? = ([\d.]+)", proc.stdout)
+        assert bleu and float(bleu.group(1)) > 80, (name, proc.stdout[-500:])
+
+
+def test_auto_decoding_is_delta_and_lanmt_refuses_refine(toy_data, lanmt_run):
+    proc = generate(toy_data, lanmt_run[0], [*NAR, "--decoding", "refine"], check=False)
+    assert proc.returncode != 0 and "--decoding refine needs a refine_nat model" in proc.stderr
+
+
+def test_delta_never_lowers_the_objective(lanmt):
+    """J(z) = log p(y|z,x) + log p(z|x), y = argmax: delta inference >= the prior mean's J."""
+    model, task = lanmt
+    prior = run_generator(task, model, "prior")
+    for force in (False, True):  # adaptive stop, and the fixed-steps path (last step judged at the end)
+        delta = run_generator(task, model, "delta", iter_decode_max_iter=4, iter_decode_force_max_iter=force)
+        assert sorted(delta) == sorted(prior) == list(range(N_TEST))
+        for sid in prior:
+            j_prior, j_delta = prior[sid]["objective"], delta[sid]["objective"]
+            assert j_delta >= j_prior - 1e-3, (sid, j_prior, j_delta, force)
+            # the reported J is that of the returned translation and latent
+            z = delta[sid]["latent"]
+            assert math.isfinite(j_delta) and z.shape[-1] == model.latent_dim
+
+
+def test_plain_delta_chain_can_lower_the_objective(lanmt):
+    """Why the ascent check exists: without it, delta steps away from the prior mean (the
+    maximum of log p(z|x)) even when y does not change, which lowers J."""
+    model, task = lanmt
+    prior = run_generator(task, model, "prior")
+    task.cfg.delta_no_ascent_check = True
+    try:
+        plain = run_generator(task, model, "delta", iter_decode_max_iter=4)
+    finally:
+        task.cfg.delta_no_ascent_check = False
+    assert any(plain[s]["objective"] < prior[s]["objective"] - 1e-3 for s in prior)
+
+
+def test_prior_decoding_uses_one_softmax_per_batch(lanmt):
+    model, task = lanmt
+    calls = []
+    hook = model.output_projection.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        run_generator(task, model, "prior")
+    finally:
+        hook.remove()
+    assert len(calls) == len(toy_batches(task))
+
+
+def _teacher_one_by_one(teacher, task, src, tokens):
+    """Sum of token log-probs of ``tokens`` + </s> given ``src`` by fairseq's SequenceScorer."""
+    from fairseq.sequence_scorer import SequenceScorer
+
+    eos = task.target_dictionary.eos()
+    target = torch.cat([tokens, tokens.new_tensor([eos])])[None]
+    prev = torch.cat([tokens.new_tensor([eos]), tokens])[None]
+    sample = {"net_input": {"src_tokens": src[None], "src_lengths": torch.tensor([src.numel()]),
+                            "prev_output_tokens": prev}, "target": target}
+    hypo = SequenceScorer(task.target_dictionary).generate([teacher], sample)[0][0]
+    return float(hypo["positional_scores"].sum())
+
+
+def test_latent_search_keeps_the_best_teacher_candidate(lanmt, ar_teacher):
+    from nar_refine.inference.latent_refinement import LatentRefinementGenerator, delta_refiner
+    from nar_refine.inference.teacher import TeacherScorer
+
+    model, task = lanmt
+    teacher = TeacherScorer.from_path(ar_teacher, task, like=model)
+    m = 5
+    # a large noise so that candidates really differ on this easy toy task
+    gen = LatentRefinementGenerator(task.target_dictionary, refiner=delta_refiner, max_iter=2,
+                                    search_size=m, search_noise=4.0, scorer=teacher,
+                                    keep_candidates=True, ascent_check=True)
+    torch.manual_seed(0)
+    differing = 0
+    for sample in toy_batches(task)[:2]:
+        hypos = gen.generate([model], sample)
+        for row, hypo in enumerate(hypos):
+            src = sample["net_input"]["src_tokens"][row]
+            src = src[src.ne(task.source_dictionary.pad())]
+            cands = hypo[0]["candidates"]
+            assert len(cands) == m
+            singles = [_teacher_one_by_one(teacher.model, task, src, c["tokens"]) for c in cands]
+            for c, single in zip(cands, singles):  # batched scores == one-by-one scores
+                assert math.isclose(c["score"], single, abs_tol=1e-3), (c["score"], single)
+            chosen = hypo[0]["tokens"][:-1]  # without the final </s>
+            chosen_scores = [s for c, s in zip(cands, singles) if torch.equal(c["tokens"], chosen)]
+            assert chosen_scores, "the hypothesis is none of the candidates"
+            assert max(chosen_scores) >= max(singles) - 1e-3, (chosen_scores, singles)
+            differing += len({tuple(c["tokens"].tolist()) for c in cands}) > 1
+    assert differing > 0, "all candidates were identical: the test would prove nothing"
+
+
+def test_teacher_with_other_dictionary_is_refused(toy_data, lanmt_run, ar_teacher, tmp_path):
+    # same size, two symbols swapped: ids differ, so scores would be silently wrong
+    bad_data = tmp_path / "other-dict"
+    bad_data.mkdir()
+    for side in ("src", "tgt"):
+        lines = (Path(toy_data) / f"dict.{side}.txt").read_text().splitlines()
+        lines[0], lines[1] = lines[1], lines[0]
+        (bad_data / f"dict.{side}.txt").write_text("\n".join(lines) + "\n")
+    state = torch.load(ar_teacher, map_location="cpu", weights_only=False)
+    state["cfg"]["task"]["data"] = str(bad_data)
+    bad_teacher = tmp_path / "teacher_other_dict.pt"
+    torch.save(state, bad_teacher)
+
+    search = [*NAR, "--decoding", "delta", "--latent-search-size", "3"]
+    proc = generate(toy_data, lanmt_run[0], [*search, "--teacher-path", str(bad_teacher)], check=False)
+    assert proc.returncode != 0
+    assert "does not share this task's dictionaries" in proc.stderr, proc.stderr[-2000:]
+    assert "first difference at id 4" in proc.stderr  # fairseq's 4 special symbols come first
+    missing = tmp_path / "nowhere.pt"
+    proc = generate(toy_data, lanmt_run[0], [*search, "--teacher-path", str(missing)], check=False)
+    assert proc.returncode != 0 and "no such checkpoint file" in proc.stderr
+
+
+def test_teacher_data_dir_gone_falls_back_to_size_check(lanmt, ar_teacher, tmp_path):
+    model, task = lanmt
+    state = torch.load(ar_teacher, map_location="cpu", weights_only=False)
+    state["cfg"]["task"]["data"] = str(tmp_path / "moved-away")
+    moved = tmp_path / "teacher_moved.pt"
+    torch.save(state, moved)
+    from nar_refine.inference.teacher import TeacherScorer
+
+    scorer = TeacherScorer.from_path(str(moved), task, like=model)
+    sample = toy_batches(task)[0]
+    tokens = sample["target"].masked_fill(sample["target"].eq(task.target_dictionary.eos()),
+                                          task.target_dictionary.pad())
+    scores = scorer(sample["net_input"]["src_tokens"], sample["net_input"]["src_lengths"], tokens)
+    assert scores.shape == (tokens.size(0),) and bool((scores <= 0).all())
