@@ -53,7 +53,11 @@ def corrupt(tokens, padding_mask, rate, ops, vocab_low, vocab_high, generator=No
         # a swap needs a real next token; no two swaps may share a position
         next_valid = torch.cat([valid[:, 1:], torch.zeros_like(valid[:, :1])], dim=1)
         m &= next_valid
-        m[:, 1:] &= ~m[:, :-1]
+        # in a run of consecutive swap positions keep every other one (greedy, left to
+        # right), so that no position takes part in two swaps
+        idx = torch.arange(m.size(1), device=m.device).expand_as(m)
+        last_free = torch.where(m, torch.full_like(idx, -1), idx).cummax(dim=1).values
+        m &= (idx - last_free - 1) % 2 == 0
         partner = torch.cat([torch.zeros_like(m[:, :1]), m[:, :-1]], dim=1)
         nxt = torch.cat([out[:, 1:], out[:, -1:]], dim=1)
         prv = torch.cat([out[:, :1], out[:, :-1]], dim=1)
