@@ -3,12 +3,15 @@
 #   WORK/data-bin-distil -> WORK/checkpoints/cmlm/checkpoint_best.pt
 # Same size and training budget as the teacher (3+3 layers, d=256, ~30 min on one thread).
 # Usage: train_cmlm.sh [--smoke] [WORKDIR] [-- extra fairseq-train args]
-# Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT.
+# Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT, STOP_HOURS.
+# Budget: 500 updates or STOP_HOURS (default 0.5) of cumulative training wall time, whichever
+# comes first (fairseq --stop-time-hours; the shared machine is slower when others use it).
 source "$(dirname "$0")/common.sh"
 [ -s "$DISTIL_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $DISTIL_BIN: run distil.sh first" >&2; exit 1; }
 if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; else MAX_UPDATE=${MAX_UPDATE:-500}; fi
 if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-200}; fi
 LR=${LR:-1e-3}
+if [ "$SMOKE" = 1 ]; then STOP_HOURS=${STOP_HOURS:-0}; else STOP_HOURS=${STOP_HOURS:-0.5}; fi
 DROPOUT=${DROPOUT:-0.1}
 
 train "$WORK/checkpoints/cmlm" "$DISTIL_BIN" \
@@ -19,6 +22,6 @@ train "$WORK/checkpoints/cmlm" "$DISTIL_BIN" \
   --criterion nat_loss --label-smoothing 0.1 \
   --optimizer adam --adam-betas '(0.9,0.98)' \
   --lr $LR --lr-scheduler inverse_sqrt --warmup-updates $WARMUP --warmup-init-lr 1e-07 \
-  --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE --fixed-validation-seed 7 \
+  --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE --stop-time-hours $STOP_HOURS --fixed-validation-seed 7 \
   --ddp-backend legacy_ddp --no-epoch-checkpoints --seed 1 --num-workers 0 \
   --log-format simple --log-interval 50 "${EXTRA_ARGS[@]}"
