@@ -112,3 +112,23 @@ def test_resume_continues_exactly(toy_data, tmp_path):
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == 40
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+
+
+def test_refine_decoding_rejects_latent_models(toy_data, tmp_path):
+    """--decoding refine on a LaNMT checkpoint: a clear message, not a crash inside the model."""
+    train(toy_data, str(tmp_path), ["--task", "nar_translation", "--arch", "lanmt_tiny", "--criterion",
+                                    "lanmt_elbo", "--share-all-embeddings", "--optimizer", "adam",
+                                    "--lr", "1e-3", "--max-tokens", "500", "--disable-validation"],
+          max_update=2)
+    proc = generate(toy_data, str(tmp_path / "checkpoint_last.pt"), [*NAR, "--decoding", "refine"],
+                    check=False)
+    assert proc.returncode != 0
+    assert "--decoding refine needs a refine_nat model" in proc.stderr
+
+
+def test_stochastic_approximation_trains(toy_data, tmp_path):
+    proc = train(toy_data, str(tmp_path), REFINE_ARGS + ["--latent-approximation", "stochastic",
+                                                         "--disable-validation", "--max-tokens", "500"],
+                 max_update=20)
+    lines = log_lines(proc.stdout + proc.stderr, "train_inner")
+    assert log_value(lines[-1], "nll_loss") < log_value(lines[0], "nll_loss")
