@@ -18,12 +18,12 @@ def cli(name):
     return str(path) if path.exists() else name
 
 
-def run(cmd, check=True, env=None, timeout=1200):
+def run(cmd, check=True, env=None, timeout=1200, input=None):
     """Run a CLI command; on failure show its output in the assertion message."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     full_env.update(env or {})
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=full_env,
-                          timeout=timeout)
+                          timeout=timeout, input=input)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"

@@ -132,3 +132,10 @@ def test_stochastic_approximation_trains(toy_data, tmp_path):
                  max_update=20)
     lines = log_lines(proc.stdout + proc.stderr, "train_inner")
     assert log_value(lines[-1], "nll_loss") < log_value(lines[0], "nll_loss")
+
+
+def test_interactive_translation(toy_data, refine_ckpt):
+    proc = run([cli("fairseq-interactive"), toy_data, "--user-dir", USER_DIR, *NAR, "--path",
+                refine_ckpt[0], "--source-lang", "src", "--target-lang", "tgt"],
+               input="w1 w2 w3\nw5 w7 w9 w11\n")
+    assert parse_hypotheses(proc.stdout) == {0: "W1 W2 W3", 1: "W5 W7 W9 W11"}
