@@ -245,8 +245,12 @@ def test_moved_lanmt_is_found_with_lanmt_path(score_run, frozen_lanmt, toy_data,
     state = torch.load(score_run[0], map_location="cpu", weights_only=False)
     moved = tmp_path / "moved_lanmt.pt"
     shutil.copy(frozen_lanmt, moved)
-    state["cfg"]["model"].lanmt_path = str(tmp_path / "old_place.pt")
-    state["cfg"]["task"].lanmt_path = str(tmp_path / "old_place.pt")
+    for section in ("model", "task"):  # a Namespace or a dict, depending on fairseq's config
+        cfg = state["cfg"][section]
+        if isinstance(cfg, dict):
+            cfg["lanmt_path"] = str(tmp_path / "old_place.pt")
+        else:
+            cfg.lanmt_path = str(tmp_path / "old_place.pt")
     ckpt = tmp_path / "score.pt"
     torch.save(state, ckpt)
     proc = generate(toy_data, str(ckpt), NAR, check=False)

@@ -79,14 +79,23 @@ def load_frozen_lanmt(path, task):
             f"the LaNMT checkpoint {path} of this inference network does not exist; "
             f"point --lanmt-path to the LaNMT it was trained on"
         )
-    models, _ = checkpoint_utils.load_model_ensemble([path], task=task)
-    lanmt = models[0]
-    missing = [name for name in LANMT_INTERFACE if not hasattr(lanmt, name)]
-    if missing or isinstance(lanmt, InferenceNetworkModel):
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    model_cfg = state["cfg"]["model"] if state.get("cfg") is not None else state.get("args")
+    arch = getattr(model_cfg, "arch", None) or getattr(model_cfg, "_name", None)
+    if arch is None and isinstance(model_cfg, dict):
+        arch = model_cfg.get("arch") or model_cfg.get("_name")
+    cls = ARCH_MODEL_REGISTRY.get(arch)
+    # checked before building: an inference network here would load itself forever
+    if cls is None or issubclass(cls, InferenceNetworkModel) or not all(
+            hasattr(cls, name) for name in LANMT_INTERFACE if name not in ("latent_dim", "output_projection")):
         raise NARConfigError(
-            f"{path} holds a {type(lanmt).__name__}, not a LaNMT; --lanmt-path must name the "
-            f"checkpoint of a model trained with --arch lanmt*"
+            f"{path} holds a {arch} model, not a LaNMT; --lanmt-path must name the checkpoint "
+            f"of a model trained with --arch lanmt*"
         )
+    models, _ = checkpoint_utils.load_model_ensemble([path], task=task, state=state)
+    lanmt = models[0]
     lanmt.eval()
     for p in lanmt.parameters():
         p.requires_grad_(False)
