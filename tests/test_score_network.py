@@ -280,3 +280,49 @@ def test_lanmt_path_must_name_a_lanmt(score_run, toy_data):
 def test_decoding_must_match_the_network(score_run, toy_data):
     proc = generate(toy_data, score_run[0], NAR + ["--decoding", "energy"], check=False)
     assert proc.returncode != 0 and "does not match" in proc.stderr
+
+
+# -- DDP safety ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def process_group():
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("arch", ["score_net_tiny", "energy_net_tiny"])
+def test_ddp_steps_use_every_trainable_parameter(toy_data, frozen_lanmt, process_group, arch):
+    """fairseq's DDP (find_unused_parameters=False): two steps fail if one left a parameter out."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.distributed import ModuleProxyWrapper
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        toy_data, "--user-dir", USER_DIR, *NAR, "--arch", arch, "--criterion", "score_matching",
+        "--lanmt-path", frozen_lanmt, "--max-tokens", "500"])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("train")
+    model, criterion = task.build_model(cfg.model), task.build_criterion(cfg.criterion)
+    itr = task.get_batch_iterator(task.dataset("train"), max_tokens=500, seed=1).next_epoch_itr(shuffle=False)
+    ddp = ModuleProxyWrapper(torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False))
+    ddp.train()
+    for _, sample in zip(range(2), itr):
+        loss, _, _ = criterion(ddp, sample)
+        loss.backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, f"{arch}: parameters without gradient: {missing}"
+    assert all(p.grad is None for p in model.lanmt.parameters())

@@ -116,7 +116,8 @@ class InferenceNetwork(nn.Module):
             embed_dim, ffn_dim, heads, layers, dropout=dropout, cross_attention=True,
             max_positions=max_positions, padding_idx=padding_idx,
         )
-        self.out = nn.Linear(embed_dim, 1 if scalar else latent_dim)
+        # an energy's bias would get no gradient (dE/dz ignores it): none, for DDP's sake
+        self.out = nn.Linear(embed_dim, 1, bias=False) if scalar else nn.Linear(embed_dim, latent_dim)
 
     def forward(self, z, padding_mask, context, context_padding_mask):
         """z: B x S x d on the source positions; returns B x S x (d or 1), 0 at pads."""
