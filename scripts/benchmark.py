@@ -1,0 +1,761 @@
+#!/usr/bin/env python
+"""Speed/quality benchmark: every system on the same test set, on this machine, in ONE process.
+
+    python scripts/benchmark.py [--work examples/multi30k/work] [--out examples/multi30k/results]
+    python scripts/benchmark.py --smoke          # work-smoke, a handful of sentences (CI)
+
+Systems (each row "missing checkpoint" when its checkpoint does not exist):
+
+  * AR Transformer teacher, beam 1 and beam 5 (fairseq SequenceGenerator, task translation)
+  * fairseq's CMLM (task translation_lev, IterativeRefinementGenerator), 1/4/10 iterations
+  * refine_nat: adaptive refinement (max 10 steps) and fixed 1/2/4/10 steps
+  * LaNMT: prior, delta inference (<= 1/2/4 steps), latent search m = 5/10/20 rescored by the teacher
+  * score inference, score inference + latent search (teacher), energy inference
+
+Every system is built exactly as ``fairseq-generate`` builds it: its fairseq-generate arguments
+(written to results.json as an equivalent command) are parsed by fairseq's generation parser,
+the checkpoint is loaded with ``checkpoint_utils.load_model_ensemble`` into ``task``,
+``task.build_generator(models, cfg.generation)`` picks the generator and every sentence goes
+through ``task.inference_step``.
+
+Measured per system:
+  * BLEU: sacreBLEU on detokenised output of the whole test set (batched run), cased, 13a; and
+    the papers' variant (lowercased, consecutive duplicate subword tokens removed), labelled.
+    Scoring is examples/multi30k/evaluate.py's.
+  * latency: median wall time of ``task.inference_step`` at batch size 1 over the first N test
+    sentences (``--latency-sentences``, after ``--warmup`` untimed sentences), ms per sentence.
+  * throughput: sentences / total ``inference_step`` time over the test set in batches of
+    ``--max-tokens`` source+target tokens (fairseq's batch_by_size over length-sorted indices).
+  * speed-up vs AR beam 5 at batch 1 (ratio of median latencies).
+Clocks: time.perf_counter, with torch.cuda.synchronize() before each reading under --cuda.
+
+Outputs in --out: results.md, results.json, latency_vs_length.png, bleu_vs_steps.png,
+bleu_vs_latency.png, hyps/SYSTEM.txt (detokenised hypotheses in test order).
+"""
+
+import argparse
+import datetime
+import fnmatch
+import importlib.util
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+USER_DIR = str(REPO / "nar_refine")
+EXAMPLE_DIR = REPO / "examples" / "multi30k"
+
+logger = logging.getLogger("benchmark")
+
+# checkpoint folder names of the Multi30k pipeline (WORK/checkpoints/NAME/checkpoint_best.pt)
+CHECKPOINTS = ["teacher", "cmlm", "refine_nat", "lanmt", "score_net", "energy_net"]
+
+
+def int_list(text):
+    return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true",
+                   help="smoke test: work dir examples/multi30k/work-smoke, a few sentences, "
+                        "output in WORK/benchmark, AR length cap 1.2*src+10 (as the smoke pipeline)")
+    p.add_argument("--work", help="pipeline work dir (default examples/multi30k/work, "
+                                  "examples/multi30k/work-smoke with --smoke)")
+    p.add_argument("--out", help="output dir (default examples/multi30k/results; WORK/benchmark with --smoke)")
+    p.add_argument("--data-bin", help="binarised data with the real test references (default WORK/data-bin)")
+    p.add_argument("--ref", help="raw reference file (default WORK/raw/test.TGT)")
+    p.add_argument("--bpe", choices=["sentencepiece", "fastbpe", "none"],
+                   help="subword model to undo (default: WORK/bpe_type, else sentencepiece)")
+    p.add_argument("--source-lang", default="en")
+    p.add_argument("--target-lang", default="de")
+    p.add_argument("--gen-subset", default="test")
+    p.add_argument("--checkpoint-name", default="checkpoint_best.pt",
+                   help="file name inside WORK/checkpoints/NAME/")
+    for name in CHECKPOINTS:
+        flag = name.replace("_", "-")
+        p.add_argument(f"--{flag}", dest=f"ckpt_{name}", metavar="PT",
+                       help=f"checkpoint (default WORK/checkpoints/{name}/CHECKPOINT_NAME)")
+    # what to measure
+    p.add_argument("--test-sentences", type=int, default=None,
+                   help="BLEU and throughput on the first K test sentences (default: all)")
+    p.add_argument("--latency-sentences", type=int, default=200,
+                   help="batch-1 latency over the first N test sentences (default 200)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed batch-1 sentences first (default 10)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="batched throughput: tokens per batch")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    p.add_argument("--cuda", action="store_true", help="run on CUDA (default: CPU)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--systems", default="*",
+                   help="comma-separated glob patterns of system ids to run (default all), e.g. 'ar.*,score.*'")
+    p.add_argument("--require-all", action="store_true",
+                   help="exit with status 1 when a checkpoint is missing (for the final table)")
+    # system settings
+    p.add_argument("--ar-beams", type=int_list, default=[1, 5])
+    p.add_argument("--ar-max-len-a", type=float, default=None, help="fairseq --max-len-a for the AR systems")
+    p.add_argument("--ar-max-len-b", type=int, default=None, help="fairseq --max-len-b for the AR systems")
+    p.add_argument("--cmlm-iters", type=int_list, default=[1, 4, 10],
+                   help="CMLM mask-predict iterations = decoder passes (fairseq --iter-decode-max-iter N-1)")
+    p.add_argument("--cmlm-length-beam", type=int, default=1, help="CMLM --iter-decode-with-beam")
+    p.add_argument("--refine-max-iter", type=int, default=10, help="refine_nat adaptive: max refinement steps")
+    p.add_argument("--refine-steps", type=int_list, default=[1, 2, 4, 10],
+                   help="refine_nat fixed refinement steps (--iter-decode-force-max-iter)")
+    p.add_argument("--refine-length-beam", type=int, default=1, help="refine_nat --iter-decode-with-beam")
+    p.add_argument("--delta-steps", type=int_list, default=[1, 2, 4], help="LaNMT delta inference, max steps")
+    p.add_argument("--search-sizes", type=int_list, default=[5, 10, 20],
+                   help="LaNMT latent search: candidates m (rescored by the teacher)")
+    p.add_argument("--search-delta-steps", type=int, default=1,
+                   help="LaNMT latent search: delta steps per candidate")
+    p.add_argument("--search-noise", type=float, default=0.5, help="--latent-search-noise")
+    p.add_argument("--score-steps", type=int, default=1, help="score/energy inference steps")
+    p.add_argument("--score-alpha", type=float, default=1.0, help="score/energy step size")
+    p.add_argument("--score-search-sizes", type=int_list, default=[10],
+                   help="score inference + latent search: candidates m (teacher rescoring)")
+    p.add_argument("--length-bin", type=int, default=5, help="latency-vs-length plot: bin width (source tokens)")
+    return p
+
+
+# -- systems ------------------------------------------------------------------------------------
+@dataclass
+class System:
+    key: str                       # short id, e.g. "refine_nat.fixed4"
+    name: str                      # table label
+    family: str                    # AR, CMLM, refine_nat, LaNMT, score, energy
+    ckpt: str                      # checkpoint name (CHECKPOINTS)
+    args: List[str]                # fairseq-generate arguments (task + generation)
+    needs: List[str] = field(default_factory=list)   # other checkpoints it reads (teacher)
+    series: Optional[str] = None   # BLEU-vs-steps series
+    passes: Optional[int] = None   # decoder passes (max) for that plot
+    primary: bool = False          # drawn in the latency-vs-length plot
+
+
+def build_systems(a, ckpts):
+    nar = ["--task", "nar_translation", "--beam", "1"]
+    ar_len = []
+    if a.ar_max_len_a is not None:
+        ar_len += ["--max-len-a", str(a.ar_max_len_a)]
+    if a.ar_max_len_b is not None:
+        ar_len += ["--max-len-b", str(a.ar_max_len_b)]
+    teacher = ckpts["teacher"]
+    out = []
+    for b in a.ar_beams:
+        out.append(System(f"ar.beam{b}", f"AR Transformer, beam {b}", "AR", "teacher",
+                          ["--task", "translation", "--beam", str(b)] + ar_len, primary=True))
+    for n in a.cmlm_iters:
+        lb = f", length beam {a.cmlm_length_beam}" if a.cmlm_length_beam > 1 else ""
+        out.append(System(f"cmlm.iter{n}", f"CMLM (fairseq), {n} iteration{'s' * (n > 1)}{lb}", "CMLM", "cmlm",
+                          ["--task", "translation_lev", "--iter-decode-max-iter", str(n - 1),
+                           "--iter-decode-eos-penalty", "0", "--iter-decode-with-beam", str(a.cmlm_length_beam),
+                           "--beam", "1"],
+                          series="CMLM (iterations)", passes=n, primary=n == max(a.cmlm_iters)))
+    refine = nar + ["--decoding", "refine", "--iter-decode-with-beam", str(a.refine_length_beam)]
+    out.append(System(f"refine_nat.adaptive{a.refine_max_iter}",
+                      f"refine_nat, adaptive (max {a.refine_max_iter} steps)", "refine_nat", "refine_nat",
+                      refine + ["--iter-decode-max-iter", str(a.refine_max_iter)], primary=True))
+    for k in a.refine_steps:
+        out.append(System(f"refine_nat.fixed{k}", f"refine_nat, {k} step{'s' * (k > 1)} (fixed)",
+                          "refine_nat", "refine_nat",
+                          refine + ["--iter-decode-max-iter", str(k), "--iter-decode-force-max-iter"],
+                          series="refine_nat (fixed steps)", passes=k + 1))
+    out.append(System("lanmt.prior", "LaNMT, prior mean (no refinement)", "LaNMT", "lanmt",
+                      nar + ["--decoding", "prior"], series="LaNMT delta (max steps)", passes=1))
+    for k in a.delta_steps:
+        out.append(System(f"lanmt.delta{k}", f"LaNMT, delta inference (<= {k} step{'s' * (k > 1)})", "LaNMT",
+                          "lanmt", nar + ["--decoding", "delta", "--iter-decode-max-iter", str(k)],
+                          series="LaNMT delta (max steps)", passes=k + 1, primary=k == max(a.delta_steps)))
+    for m in a.search_sizes:
+        out.append(System(f"lanmt.search{m}", f"LaNMT, latent search m={m} (delta <= {a.search_delta_steps}, "
+                          f"teacher rescoring)", "LaNMT", "lanmt",
+                          nar + ["--decoding", "delta", "--iter-decode-max-iter", str(a.search_delta_steps),
+                                 "--latent-search-size", str(m), "--latent-search-noise", str(a.search_noise),
+                                 "--teacher-path", teacher], needs=["teacher"]))
+    score = ["--score-steps", str(a.score_steps), "--score-alpha", str(a.score_alpha)]
+    out.append(System(f"score.steps{a.score_steps}", f"score inference ({a.score_steps} step{'s' * (a.score_steps > 1)})",
+                      "score", "score_net", nar + ["--decoding", "score"] + score, primary=True))
+    for m in a.score_search_sizes:
+        out.append(System(f"score.search{m}", f"score inference + latent search m={m} (teacher rescoring)",
+                          "score", "score_net",
+                          nar + ["--decoding", "score"] + score +
+                          ["--latent-search-size", str(m), "--latent-search-noise", str(a.search_noise),
+                           "--teacher-path", teacher], needs=["teacher"], primary=m == max(a.score_search_sizes)))
+    out.append(System(f"energy.steps{a.score_steps}", f"energy inference ({a.score_steps} step{'s' * (a.score_steps > 1)})",
+                      "energy", "energy_net", nar + ["--decoding", "energy"] + score, primary=True))
+    return out
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def load_evaluate_module():
+    spec = importlib.util.spec_from_file_location("multi30k_evaluate", EXAMPLE_DIR / "evaluate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def machine_info(a):
+    import torch
+    import fairseq
+
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch": torch.__version__, "fairseq": fairseq.__version__,
+        "torch_threads": torch.get_num_threads(), "device": "cpu",
+    }
+    try:
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    if a.cuda:
+        info["device"] = f"cuda: {torch.cuda.get_device_name(0)}"
+    return info
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+class Bench:
+    """Loads tasks, datasets and models once, then measures systems one by one."""
+
+    def __init__(self, a, ckpts, decode, refs, evaluate_mod):
+        import torch
+
+        self.torch = torch
+        self.a = a
+        self.ckpts = ckpts
+        self.decode = decode
+        self.refs = refs
+        self.ev = evaluate_mod
+        self.models = {}    # (ckpt path, task name) -> (models, saved_cfg)
+        self.datasets = {}  # task name -> dataset
+
+    def sync(self):
+        if self.a.cuda:
+            self.torch.cuda.synchronize()
+
+    def generate_args(self, system):
+        a = self.a
+        args = [a.data_bin, "--path", self.ckpts[system.ckpt], "--user-dir", USER_DIR,
+                "--gen-subset", a.gen_subset, "--source-lang", a.source_lang, "--target-lang", a.target_lang,
+                "--seed", str(a.seed), "--max-tokens", str(a.max_tokens), "--num-workers", "0"]
+        if not a.cuda:
+            args.append("--cpu")
+        return args + system.args
+
+    def setup(self, system):
+        """(cfg, task, models, generator, dataset) exactly as fairseq-generate builds them."""
+        import ast
+
+        from fairseq import checkpoint_utils, options, tasks, utils
+        from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+        argv = self.generate_args(system)
+        parser = options.get_generation_parser()
+        cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, input_args=argv))
+        task = tasks.setup_task(cfg.task)
+        key = (cfg.common_eval.path, cfg.task._name)
+        if key not in self.models:
+            overrides = ast.literal_eval(cfg.common_eval.model_overrides)
+            logger.info("loading %s (task %s)", cfg.common_eval.path, cfg.task._name)
+            models, saved_cfg = checkpoint_utils.load_model_ensemble(
+                utils.split_paths(cfg.common_eval.path), arg_overrides=overrides, task=task,
+                suffix=cfg.checkpoint.checkpoint_suffix,
+                strict=(cfg.checkpoint.checkpoint_shard_count == 1),
+                num_shards=cfg.checkpoint.checkpoint_shard_count)
+            for model in models:
+                if self.a.cuda:
+                    model.cuda()
+                model.prepare_for_inference_(cfg)
+                model.eval()
+            self.models[key] = (models, saved_cfg)
+        models, saved_cfg = self.models[key]
+        if cfg.task._name not in self.datasets:
+            task.load_dataset(cfg.dataset.gen_subset, task_cfg=saved_cfg.task)
+            self.datasets[cfg.task._name] = task.dataset(cfg.dataset.gen_subset)
+        dataset = self.datasets[cfg.task._name]
+        generator = task.build_generator(models, cfg.generation)
+        return cfg, task, models, generator, dataset
+
+    def run(self, system):
+        import numpy as np
+        from fairseq import utils
+        from fairseq_cli.generate import get_symbols_to_strip_from_output
+
+        torch, a = self.torch, self.a
+        t_setup = time.perf_counter()
+        cfg, task, models, generator, dataset = self.setup(system)
+        setup_s = time.perf_counter() - t_setup
+        tgt_dict = task.target_dictionary
+        strip = get_symbols_to_strip_from_output(generator)
+        n_test = min(len(dataset), a.test_sentences or len(dataset))
+
+        def sample_of(ids):
+            s = dataset.collater([dataset[i] for i in ids])
+            return utils.move_to_cuda(s) if a.cuda else s
+
+        def infer(sample):
+            return task.inference_step(generator, models, sample)
+
+        # 1. batch-1 latency over the first N sentences (after a warm-up)
+        n_lat = min(a.latency_sentences, n_test)
+        lat_samples = [sample_of([i]) for i in range(n_lat)]
+        for s in lat_samples[: a.warmup] if a.warmup else []:
+            infer(s)
+        latencies = []
+        utils.set_torch_seed(a.seed)
+        for s in lat_samples:
+            self.sync()
+            t0 = time.perf_counter()
+            infer(s)
+            self.sync()
+            latencies.append((time.perf_counter() - t0) * 1000.0)
+        special = {tgt_dict.pad(), tgt_dict.eos(), tgt_dict.bos()}
+        src_lens = [sum(1 for t in dataset[i]["source"].tolist() if t not in special) for i in range(n_lat)]
+
+        # 2. batched throughput over the test set (also the hypotheses for BLEU)
+        indices = dataset.ordered_indices()
+        indices = indices[indices < n_test]
+        batches = dataset.batch_by_size(indices, max_tokens=a.max_tokens, max_sentences=None)
+        samples = [sample_of(list(b)) for b in batches]
+        hyps, steps = {}, []
+        np.random.seed(a.seed)
+        utils.set_torch_seed(a.seed)
+        total = 0.0
+        for s in samples:
+            self.sync()
+            t0 = time.perf_counter()
+            out = infer(s)
+            self.sync()
+            total += time.perf_counter() - t0
+            for j, sid in enumerate(s["id"].tolist()):
+                hypo = out[j][0]
+                _, hypo_str, _ = utils.post_process_prediction(
+                    hypo_tokens=hypo["tokens"].int().cpu(), src_str="", alignment=hypo.get("alignment"),
+                    align_dict=None, tgt_dict=tgt_dict, remove_bpe=cfg.common_eval.post_process,
+                    extra_symbols_to_ignore=strip)
+                hyps[sid] = hypo_str
+                if hypo.get("steps") is not None:
+                    # fairseq's IterativeRefinementGenerator counts from 0: report decoder passes
+                    steps.append(int(hypo["steps"]) + (1 if system.family == "CMLM" else 0))
+        missing = [i for i in range(n_test) if i not in hyps]
+        if missing:
+            raise RuntimeError(f"no hypothesis for sample ids {missing[:5]}...")
+
+        # 3. BLEU (evaluate.py's two variants)
+        import sacrebleu
+
+        raw = [hyps[i] for i in range(n_test)]
+        refs = self.refs[:n_test]
+        cased = [self.decode(h) for h in raw]
+        papers = [self.decode(h, remove_duplicates=True).lower() for h in raw]
+        bleu_cased = sacrebleu.metrics.BLEU(tokenize="13a")
+        bleu_lc = sacrebleu.metrics.BLEU(tokenize="13a", lowercase=True)
+        s1, s2 = bleu_cased.corpus_score(cased, [refs]), bleu_lc.corpus_score(papers, [refs])
+        hyp_dir = Path(a.out) / "hyps"
+        hyp_dir.mkdir(parents=True, exist_ok=True)
+        (hyp_dir / f"{system.key}.txt").write_text("".join(h + "\n" for h in cased), encoding="utf-8")
+
+        params = count_params(models[0])
+        return {
+            "status": "ok",
+            "bleu": round(s1.score, 2), "bleu_full": str(s1), "bleu_signature": str(bleu_cased.get_signature()),
+            "bleu_papers": round(s2.score, 2), "bleu_papers_full": str(s2),
+            "bleu_papers_signature": str(bleu_lc.get_signature()),
+            "test_sentences": n_test,
+            "latency_ms_median": round(statistics.median(latencies), 3),
+            "latency_ms_mean": round(statistics.fmean(latencies), 3),
+            "latency_ms_p90": round(float(np.percentile(latencies, 90)), 3),
+            "latency_sentences": n_lat,
+            "latencies_ms": [round(x, 3) for x in latencies],
+            "src_lengths": src_lens,
+            "throughput_sent_per_s": round(n_test / total, 2) if total > 0 else None,
+            "batched_seconds": round(total, 3), "batches": len(samples),
+            "mean_steps": round(statistics.fmean(steps), 2) if steps else None,
+            "params": params,
+            "setup_seconds": round(setup_s, 2),
+        }
+
+
+# -- reporting ----------------------------------------------------------------------------------
+def fmt(x, nd=1):
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def cmlm_frontier_check(rows):
+    """For every non-CMLM NAT row: is its BLEU >= the best CMLM BLEU at no more latency?"""
+    cmlm = [r for r in rows if r["family"] == "CMLM" and r["status"] == "ok"]
+    if not cmlm:
+        return
+    for r in rows:
+        if r["status"] != "ok" or r["family"] in ("AR", "CMLM"):
+            continue
+        faster = [c["bleu"] for c in cmlm if c["latency_ms_median"] <= r["latency_ms_median"]]
+        r["cmlm_frontier_bleu"] = max(faster) if faster else None
+        r["at_or_above_cmlm_frontier"] = (not faster) or r["bleu"] >= max(faster)
+
+
+def targets(rows):
+    by = {r["key"]: r for r in rows if r["status"] == "ok"}
+    ar5 = next((r for r in by.values() if r["key"] == "ar.beam5"), None)
+    out = []
+    if ar5 is None:
+        return ["AR beam 5 not measured: no targets checked."]
+    score = [r for r in by.values() if r["family"] == "score" and r["key"].startswith("score.steps")]
+    for r in score:
+        ok = r["speedup_vs_ar_beam5"] >= 5
+        out.append(f"score inference >= 5x faster than AR beam 5 at batch 1: {r['speedup_vs_ar_beam5']:.2f}x "
+                   f"({r['name']}) -> {'MET' if ok else 'NOT MET'}")
+    search = [r for r in by.values() if r["family"] == "score" and r["key"].startswith("score.search")]
+    for r in search:
+        gap = ar5["bleu"] - r["bleu"]
+        out.append(f"{r['name']} within 2 BLEU of AR beam 5: {r['bleu']:.2f} vs {ar5['bleu']:.2f} "
+                   f"(gap {gap:.2f}) -> {'MET' if gap <= 2 else 'NOT MET'}; speed-up {r['speedup_vs_ar_beam5']:.2f}x")
+    below = [r["name"] for r in by.values() if r.get("at_or_above_cmlm_frontier") is False]
+    checked = [r for r in by.values() if "at_or_above_cmlm_frontier" in r]
+    if checked:
+        out.append("every nar_refine system at or above the CMLM BLEU-vs-latency frontier: "
+                   + ("MET" if not below else "NOT MET, below: " + "; ".join(below)))
+    return out
+
+
+def write_markdown(path, meta, rows, target_lines, plots):
+    L = []
+    L.append("# Multi30k benchmark: every system, one process, this machine\n")
+    L.append(f"Date (UTC): {meta['date']}  ")
+    L.append(f"Machine: {meta['machine']['cpu']} ({meta['machine']['cpu_count']} logical CPUs), "
+             f"{meta['machine']['platform']}; device {meta['machine']['device']}; "
+             f"torch {meta['machine']['torch']}, fairseq {meta['machine']['fairseq']}  ")
+    la = meta["machine"].get("load_average_at_start")
+    L.append(f"Threads: torch.set_num_threads({meta['threads']}); load average at start {la} "
+             f"(the machine is shared: timings move with its load)  ")
+    L.append(f"Test set: {meta['data_bin']} `{meta['gen_subset']}`, {meta['test_sentences']} sentences; "
+             f"reference {meta['ref']}  ")
+    L.append(f"Latency: median over the first {meta['latency_sentences']} sentences at batch size 1, after "
+             f"{meta['warmup']} warm-up sentences. Throughput: batches of --max-tokens {meta['max_tokens']}.  ")
+    L.append(f"Total wall time: {meta['wall_seconds']:.0f} s\n")
+    L.append("Command:\n")
+    L.append("```\n" + meta["command"] + "\n```\n")
+    L.append("| system | BLEU (cased, 13a) | papers' BLEU (lc, dedup) | latency b=1 (ms, median) "
+             "| speed-up vs AR beam 5 | throughput (sent/s) | mean steps | params (M) | ≥ CMLM frontier |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    for r in rows:
+        if r["status"] != "ok":
+            L.append(f"| {r['name']} | {r['status']} | | | | | | | |")
+            continue
+        front = {True: "yes", False: "**no**"}.get(r.get("at_or_above_cmlm_frontier"), "")
+        params = r["params"] / 1e6
+        extra = " + teacher" if "teacher" in r["needs"] else ""
+        L.append(f"| {r['name']} | {r['bleu']:.2f} | {r['bleu_papers']:.2f} | {r['latency_ms_median']:.1f} "
+                 f"| {fmt(r.get('speedup_vs_ar_beam5'), 2)}x | {fmt(r['throughput_sent_per_s'])} "
+                 f"| {fmt(r['mean_steps'], 2)} | {params:.2f}{extra} | {front} |")
+    L.append("")
+    L.append("* BLEU (cased, 13a): sacreBLEU on detokenised cased output against the raw reference, "
+             f"`{next((r['bleu_signature'] for r in rows if r['status'] == 'ok'), '')}`.")
+    L.append("* papers' BLEU: the NAT papers' variant, hypothesis and reference lowercased, consecutive "
+             "duplicate subword tokens removed from the hypothesis, sacreBLEU 13a. Only comparable "
+             "with itself.")
+    L.append("* Steps: CMLM iterations are decoder passes (fairseq `--iter-decode-max-iter` = "
+             "iterations - 1); refine_nat steps are refinement passes after the first decoder "
+             "(k steps = k + 1 decoder passes); delta steps are delta-posterior updates (at most k; "
+             "k + 1 decoder passes). 'mean steps' is the mean number actually run per sentence "
+             "(adaptive stopping; CMLM: iterations, i.e. fairseq's 0-based step + 1).")
+    L.append("* ≥ CMLM frontier: BLEU at least the best CMLM BLEU among CMLM settings that are no "
+             "slower at batch 1.")
+    L.append("* Latent search candidates are rescored by the AR teacher (its parameters not counted).\n")
+    if meta.get("checkpoints"):
+        L.append("## Checkpoints\n")
+        L.append("Training summaries (the pipeline's `checkpoints/NAME/DONE`: command, wall time, "
+                 "last validation line with the number of updates).\n")
+        for name, info in meta["checkpoints"].items():
+            L.append(f"* **{name}**: `{info['path']}`" + ("" if info["exists"] else " (missing)"))
+            if info.get("done"):
+                L.append("  ```\n" + "\n".join("  " + line for line in info["done"].splitlines()) + "\n  ```")
+        L.append("")
+    if target_lines:
+        L.append("## Targets (issue 5)\n")
+        L.extend(f"* {t}" for t in target_lines)
+        L.append("")
+    if plots:
+        L.append("## Plots\n")
+        for title, fn in plots:
+            L.append(f"![{title}]({fn})\n")
+    L.append("## Equivalent fairseq-generate commands\n")
+    L.append("Each system is built as fairseq-generate builds it from these arguments "
+             "(batch-1 runs use one sentence per batch).\n")
+    L.append("```")
+    for r in rows:
+        L.append(f"# {r['key']}: {r['name']}")
+        L.append(r["fairseq_generate"])
+    L.append("```")
+    Path(path).write_text("\n".join(L) + "\n", encoding="utf-8")
+
+
+FAMILY_STYLE = {"AR": ("black", "s"), "CMLM": ("tab:gray", "D"), "refine_nat": ("tab:blue", "o"),
+                "LaNMT": ("tab:green", "^"), "score": ("tab:red", "*"), "energy": ("tab:purple", "P")}
+
+
+def make_plots(out, rows, length_bin):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
+    import numpy as np
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    plots = []
+    if not ok:
+        return plots
+
+    # (1) latency vs source length at batch 1
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
+    colors = plt.get_cmap("tab10").colors
+    for n, r in enumerate([r for r in ok if r["primary"]]):
+        lens, lat = np.array(r["src_lengths"]), np.array(r["latencies_ms"])
+        bins = (lens // length_bin) * length_bin
+        xs = sorted(set(bins.tolist()))
+        med = [float(np.median(lat[bins == b])) for b in xs]
+        marker = FAMILY_STYLE.get(r["family"], ("tab:orange", "x"))[1]
+        ls = "-" if r["family"] == "AR" else "--"
+        ax.plot([b + length_bin / 2 for b in xs], med, ls, marker=marker, color=colors[n % len(colors)],
+                label=r["name"], ms=5)
+    ax.set_xlabel(f"source length (subword tokens; median per bin of {length_bin})")
+    ax.set_ylabel("latency at batch 1 (ms per sentence, log scale)")
+    ax.set_yscale("log")
+    ax.set_title("Latency vs source length: autoregressive (solid) vs non-autoregressive (dashed)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(Path(out) / "latency_vs_length.png", dpi=120)
+    plt.close(fig)
+    plots.append(("latency vs source length", "latency_vs_length.png"))
+
+    # (2) BLEU vs refinement steps (decoder passes)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    series = {}
+    for r in ok:
+        if r["series"]:
+            series.setdefault(r["series"], []).append(r)
+    ticks = set()
+    for name, rs in series.items():
+        rs = sorted(rs, key=lambda r: r["passes"])
+        color, marker = FAMILY_STYLE.get(rs[0]["family"], ("tab:orange", "x"))
+        ax.plot([r["passes"] for r in rs], [r["bleu"] for r in rs], "-", marker=marker, color=color, label=name)
+        ticks.update(r["passes"] for r in rs)
+    for r in ok:
+        if r["family"] == "AR":
+            ax.axhline(r["bleu"], ls=":" if r["key"] == "ar.beam5" else "-.", lw=1,
+                       color="black" if r["key"] == "ar.beam5" else "gray", label=r["name"])
+    if ticks:
+        ax.set_xscale("log", base=2)
+        kept = []
+        for t in sorted(ticks):  # no two tick labels closer than 20% (10 and 11 would overlap)
+            if not kept or t >= kept[-1] * 1.2:
+                kept.append(t)
+        ax.set_xticks(kept)
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel("decoder passes (CMLM iterations; refine_nat / delta: steps + 1; log scale)")
+    ax.set_ylabel("BLEU (sacreBLEU, cased, 13a)")
+    ax.set_title("BLEU vs refinement steps")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(Path(out) / "bleu_vs_steps.png", dpi=120)
+    plt.close(fig)
+    plots.append(("BLEU vs refinement steps", "bleu_vs_steps.png"))
+
+    # (3) BLEU vs batch-1 latency, all systems, CMLM frontier
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    seen = set()
+    for r in ok:
+        color, marker = FAMILY_STYLE.get(r["family"], ("tab:orange", "x"))
+        ax.scatter(r["latency_ms_median"], r["bleu"], color=color, marker=marker, s=40,
+                   label=r["family"] if r["family"] not in seen else None, zorder=3)
+        seen.add(r["family"])
+        ax.annotate(r["key"], (r["latency_ms_median"], r["bleu"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    cmlm = sorted([r for r in ok if r["family"] == "CMLM"], key=lambda r: r["latency_ms_median"])
+    if cmlm:
+        xs, ys, best = [], [], -1e9
+        for r in cmlm:
+            best = max(best, r["bleu"])
+            xs.append(r["latency_ms_median"])
+            ys.append(best)
+        xs.append(max(r["latency_ms_median"] for r in ok) * 1.2)
+        ys.append(best)
+        ax.step(xs, ys, where="post", ls="--", color="tab:gray", lw=1, label="CMLM frontier")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency at batch 1 (ms per sentence, median; log scale)")
+    ax.set_ylabel("BLEU (sacreBLEU, cased, 13a)")
+    ax.set_title("Quality vs speed, all systems")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(Path(out) / "bleu_vs_latency.png", dpi=120)
+    plt.close(fig)
+    plots.append(("BLEU vs batch-1 latency", "bleu_vs_latency.png"))
+    return plots
+
+
+def checkpoint_info(ckpts):
+    """Path, existence and the pipeline's DONE summary (if any) of every checkpoint."""
+    info = {}
+    for name, path in ckpts.items():
+        done = Path(path).parent / "DONE"
+        info[name] = {"path": path, "exists": os.path.isfile(path),
+                      "done": done.read_text(errors="replace").strip() if done.is_file() else None}
+    return info
+
+
+# -- main ---------------------------------------------------------------------------------------
+def resolve_paths(a):
+    if a.work is None:
+        a.work = str(EXAMPLE_DIR / ("work-smoke" if a.smoke else "work"))
+    work = Path(a.work)
+    if a.out is None:
+        a.out = str(work / "benchmark") if a.smoke else str(EXAMPLE_DIR / "results")
+    if a.data_bin is None:
+        a.data_bin = str(work / "data-bin")
+    if a.ref is None:
+        a.ref = str(work / "raw" / f"{a.gen_subset}.{a.target_lang}")
+    if a.bpe is None:
+        bt = work / "bpe_type"
+        a.bpe = bt.read_text().strip() if bt.exists() else "sentencepiece"
+    if a.smoke:
+        if a.test_sentences is None:
+            a.test_sentences = 24
+        a.latency_sentences = min(a.latency_sentences, 8)
+        a.warmup = min(a.warmup, 2)
+        a.max_tokens = min(a.max_tokens, 1024)
+        if a.ar_max_len_a is None:
+            a.ar_max_len_a, a.ar_max_len_b = 1.2, 10
+    ckpts = {}
+    for name in CHECKPOINTS:
+        ckpts[name] = getattr(a, f"ckpt_{name}") or str(work / "checkpoints" / name / a.checkpoint_name)
+    return ckpts
+
+
+def main(argv=None):
+    a = get_parser().parse_args(argv)
+    ckpts = resolve_paths(a)
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(a.threads))
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S", level=logging.INFO, stream=sys.stdout)
+    for noisy in ("fairseq.tasks.text_to_speech", "fairseq.tasks.translation", "fairseq.data.data_utils",
+                  "fairseq.utils", "fairseq.tasks.fairseq_task"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    import nar_refine  # noqa: F401  (patches torch.load and fairseq before any checkpoint is read)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    if a.cuda and not torch.cuda.is_available():
+        sys.exit("--cuda: no CUDA device available")
+    evaluate_mod = load_evaluate_module()
+    decode = evaluate_mod.Decoder(a.bpe, a.target_lang)
+    if not os.path.isdir(a.data_bin):
+        sys.exit(f"no data-bin {a.data_bin}: run the pipeline's prepare step (or pass --data-bin)")
+    if not os.path.isfile(a.ref):
+        sys.exit(f"no reference {a.ref} (pass --ref)")
+    refs = [line.rstrip("\n") for line in open(a.ref, encoding="utf-8")]
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+
+    command = " ".join(shlex.quote(x) for x in ["python", os.path.relpath(__file__, os.getcwd())]
+                       + list(sys.argv[1:] if argv is None else argv))
+    machine = machine_info(a)
+    t_start = time.perf_counter()
+    logger.info("benchmark: %s", command)
+    logger.info("machine: %s", json.dumps(machine))
+    logger.info("work %s, data-bin %s, out %s, bpe %s, threads %d, device %s", a.work, a.data_bin, a.out,
+                a.bpe, a.threads, machine["device"])
+
+    systems = build_systems(a, ckpts)
+    patterns = [p.strip() for p in a.systems.split(",") if p.strip()]
+    systems = [s for s in systems if any(fnmatch.fnmatch(s.key, p) for p in patterns)]
+    bench = Bench(a, ckpts, decode, refs, evaluate_mod)
+    rows, n_missing, n_error = [], 0, 0
+    for i, s in enumerate(systems, 1):
+        row = {"key": s.key, "name": s.name, "family": s.family, "checkpoint": ckpts[s.ckpt],
+               "needs": s.needs, "series": s.series, "passes": s.passes, "primary": s.primary,
+               "fairseq_generate": "fairseq-generate " + " ".join(shlex.quote(x) for x in bench.generate_args(s))
+               + f" --batch-size 1   # or --max-tokens {a.max_tokens}"}
+        absent = [ckpts[c] for c in [s.ckpt] + s.needs if not os.path.isfile(ckpts[c])]
+        if absent:
+            row["status"] = "missing checkpoint: " + ", ".join(absent)
+            n_missing += 1
+            logger.warning("[%d/%d] %s: %s", i, len(systems), s.key, row["status"])
+            rows.append(row)
+            continue
+        logger.info("[%d/%d] %s: %s", i, len(systems), s.key, s.name)
+        try:
+            row.update(bench.run(s))
+            logger.info("[%d/%d] %s: BLEU %.2f (papers' %.2f) | batch-1 latency %.1f ms (median of %d) | "
+                        "%.1f sent/s batched | mean steps %s", i, len(systems), s.key, row["bleu"],
+                        row["bleu_papers"], row["latency_ms_median"], row["latency_sentences"],
+                        row["throughput_sent_per_s"] or 0.0, row["mean_steps"])
+        except Exception as err:  # keep going: one broken system must not lose the others' numbers
+            logger.error("[%d/%d] %s failed:\n%s", i, len(systems), s.key, traceback.format_exc())
+            row["status"] = f"error: {type(err).__name__}: {err}".replace("\n", " ")[:300]
+            n_error += 1
+        rows.append(row)
+
+    ar5 = next((r for r in rows if r["key"] == "ar.beam5" and r["status"] == "ok"), None)
+    for r in rows:
+        if r["status"] == "ok" and ar5 is not None:
+            r["speedup_vs_ar_beam5"] = round(ar5["latency_ms_median"] / r["latency_ms_median"], 3)
+    cmlm_frontier_check(rows)
+    target_lines = targets(rows)
+    plots = make_plots(a.out, rows, a.length_bin)
+    ok = [r for r in rows if r["status"] == "ok"]
+    meta = {
+        "command": command, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine, "threads": a.threads, "data_bin": a.data_bin, "gen_subset": a.gen_subset,
+        "ref": a.ref, "bpe": a.bpe, "test_sentences": ok[0]["test_sentences"] if ok else a.test_sentences,
+        "latency_sentences": ok[0]["latency_sentences"] if ok else a.latency_sentences, "warmup": a.warmup,
+        "max_tokens": a.max_tokens, "wall_seconds": time.perf_counter() - t_start,
+        "settings": {k: v for k, v in vars(a).items()},
+        "checkpoints": checkpoint_info(ckpts),
+    }
+    write_markdown(Path(a.out) / "results.md", meta, rows, target_lines, plots)
+    with open(Path(a.out) / "results.json", "w") as f:
+        json.dump({**meta, "targets": target_lines, "systems": rows}, f, indent=1)
+
+    # summary on stdout
+    logger.info("results: %s, %s; plots: %s", Path(a.out) / "results.md", Path(a.out) / "results.json",
+                ", ".join(fn for _, fn in plots))
+    width = max(len(r["key"]) for r in rows) if rows else 10
+    print(f"{'system':<{width}}  {'BLEU':>6} {'papers':>6} {'ms/sent':>8} {'speedup':>7} {'sent/s':>8}  status")
+    for r in rows:
+        if r["status"] == "ok":
+            print(f"{r['key']:<{width}}  {r['bleu']:6.2f} {r['bleu_papers']:6.2f} {r['latency_ms_median']:8.1f} "
+                  f"{fmt(r.get('speedup_vs_ar_beam5'), 2):>7} {fmt(r['throughput_sent_per_s']):>8}  ok")
+        else:
+            print(f"{r['key']:<{width}}  {'':6} {'':6} {'':8} {'':7} {'':8}  {r['status']}")
+    for t in target_lines:
+        print("target:", t)
+    if n_error or (a.require_all and n_missing):
+        logger.error("%d system(s) failed, %d missing checkpoint(s)", n_error, n_missing)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

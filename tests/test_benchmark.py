@@ -1,0 +1,108 @@
+"""scripts/benchmark.py end to end, on tiny models trained here on the toy corpus.
+
+Every system of the benchmark gets a checkpoint in a pipeline-style work dir
+(WORK/checkpoints/NAME/checkpoint_best.pt) from a few dozen updates; the benchmark then runs in
+one process on a dozen test sentences and must fill every row, write results.md/json and the
+three plots. The models are untrained (scores near 0): this checks the plumbing, not the numbers.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, run, train
+
+SCRIPT = str(REPO / "scripts" / "benchmark.py")
+TINY = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
+        "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
+OPTIM = ["--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt",
+         "--warmup-updates", "10", "--max-tokens", "2000", "--no-epoch-checkpoints"]
+NAR = ["--task", "nar_translation", "--share-all-embeddings"]
+UPDATES = 30
+
+
+def toy_args(toy_data, work):
+    raw = Path(toy_data).parent / "raw"
+    return [sys.executable, SCRIPT, "--work", str(work), "--data-bin", toy_data,
+            "--ref", str(raw / "test.tgt"), "--bpe", "none", "--source-lang", "src", "--target-lang", "tgt",
+            "--out", str(work / "results"), "--test-sentences", "12", "--latency-sentences", "4",
+            "--warmup", "1", "--max-tokens", "500"]
+
+
+@pytest.fixture(scope="module")
+def work(toy_data, ar_teacher, tmp_path_factory):
+    """A work dir with every checkpoint the benchmark reads, trained for a few dozen updates."""
+    root = tmp_path_factory.mktemp("bench_work")
+    ck = root / "checkpoints"
+    (ck / "teacher").mkdir(parents=True)
+    shutil.copy(ar_teacher, ck / "teacher" / "checkpoint_best.pt")
+
+    def fit(name, args):
+        train(toy_data, str(ck / name), args + OPTIM, max_update=UPDATES)
+        best = ck / name / "checkpoint_best.pt"
+        if not best.exists():
+            shutil.copy(ck / name / "checkpoint_last.pt", best)
+        return str(best)
+
+    fit("cmlm", ["--task", "translation_lev", "--noise", "random_mask", "--arch", "cmlm_transformer",
+                 "--share-all-embeddings", "--encoder-learned-pos", "--decoder-learned-pos", "--apply-bert-init",
+                 "--criterion", "nat_loss", "--label-smoothing", "0.1", "--ddp-backend", "legacy_ddp", *TINY])
+    fit("refine_nat", NAR + ["--arch", "refine_nat_tiny", "--criterion", "refine_nat_loss"])
+    lanmt = fit("lanmt", NAR + ["--arch", "lanmt_tiny", "--criterion", "lanmt_elbo"])
+    for net in ("score_net", "energy_net"):
+        fit(net, ["--task", "nar_translation", "--arch", f"{net}_tiny", "--criterion", "score_matching",
+                  "--lanmt-path", lanmt])
+    return root
+
+
+def test_every_system_is_measured(work, toy_data):
+    proc = run(toy_args(toy_data, work) + ["--search-sizes", "2,3", "--score-search-sizes", "3",
+                                           "--require-all"], timeout=900)
+    out = work / "results"
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["key"]: r for r in res["systems"]}
+    expected = {"ar.beam1", "ar.beam5", "cmlm.iter1", "cmlm.iter4", "cmlm.iter10", "refine_nat.adaptive10",
+                "refine_nat.fixed1", "refine_nat.fixed2", "refine_nat.fixed4", "refine_nat.fixed10",
+                "lanmt.prior", "lanmt.delta1", "lanmt.delta2", "lanmt.delta4", "lanmt.search2",
+                "lanmt.search3", "score.steps1", "score.search3", "energy.steps1"}
+    assert set(rows) == expected
+    for key, r in rows.items():
+        assert r["status"] == "ok", (key, r["status"], proc.stdout[-3000:])
+        assert r["test_sentences"] == 12 and r["latency_sentences"] == 4 and len(r["latencies_ms"]) == 4
+        assert r["latency_ms_median"] > 0 and r["throughput_sent_per_s"] > 0
+        assert 0 <= r["bleu"] <= 100 and 0 <= r["bleu_papers"] <= 100
+        assert "tok:13a" in r["bleu_signature"]
+        assert r["speedup_vs_ar_beam5"] > 0
+        hyps = (out / "hyps" / f"{key}.txt").read_text().splitlines()
+        assert len(hyps) == 12
+        assert r["fairseq_generate"].startswith("fairseq-generate ")
+    assert rows["ar.beam5"]["speedup_vs_ar_beam5"] == 1.0
+    # fixed refinement runs exactly its steps; CMLM reports iterations (decoder passes)
+    assert rows["refine_nat.fixed4"]["mean_steps"] == 4
+    assert rows["cmlm.iter1"]["mean_steps"] == 1
+    assert "at_or_above_cmlm_frontier" in rows["score.steps1"]
+    for png in ("latency_vs_length.png", "bleu_vs_steps.png", "bleu_vs_latency.png"):
+        assert (out / png).stat().st_size > 5000, png
+    md = (out / "results.md").read_text()
+    assert "scripts/benchmark.py" in md and "torch.set_num_threads(1)" in md
+    assert md.count("| energy inference (1 step) | ") == 1
+    assert "missing checkpoint" not in md
+    assert "score inference + latent search m=3" in proc.stdout  # fairseq-style progress lines
+
+
+def test_missing_checkpoints_are_rows(toy_data, tmp_path):
+    work = tmp_path / "empty"
+    args = toy_args(toy_data, work) + ["--systems", "ar.*,lanmt.search*,energy.*"]
+    run(args)
+    res = json.loads((work / "results" / "results.json").read_text())
+    assert [r["key"] for r in res["systems"]] == ["ar.beam1", "ar.beam5", "lanmt.search5", "lanmt.search10",
+                                                  "lanmt.search20", "energy.steps1"]
+    for r in res["systems"]:
+        assert r["status"].startswith("missing checkpoint: "), r
+    assert str(work / "checkpoints" / "energy_net" / "checkpoint_best.pt") in res["systems"][-1]["status"]
+    # the final table must have them all: --require-all turns a missing checkpoint into a failure
+    assert run(args + ["--require-all"], check=False).returncode == 1
