@@ -1,18 +1,23 @@
 """LaNMT through the real fairseq CLIs (train, generate) plus unit tests of its pieces.
 
-One tiny LaNMT is trained once per session (``lanmt_run``) and shared by every test; the
-autoregressive teacher is conftest's ``ar_teacher``.
+The data is a multimodal variant of the toy task: each target sentence is written in one of two
+styles chosen by a coin flip (w3 w5 -> W3 W5 or V3 V5), so y is not a function of x and the
+latent has something to carry (one bit per sentence). A deterministic task would not do: there
+the posterior collapses onto the prior, the decoder ignores z and every latent-space claim
+(delta inference, latent search) holds trivially. One tiny LaNMT and one autoregressive
+teacher are trained on it once per session and shared by every test.
 """
 
 import argparse
 import math
+import random
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import USER_DIR, generate, parse_hypotheses, train
+from helpers import USER_DIR, generate, parse_hypotheses, preprocess, train
 
 N_TEST = 60  # sentences in the toy test split
 NAR = ["--task", "nar_translation"]
@@ -25,12 +30,58 @@ LANMT_ARGS = [
 
 
 # -- fixtures -------------------------------------------------------------------------------------
+def write_two_style_corpus(folder, n_train=2000, n_valid=100, n_test=N_TEST, vocab=24, min_len=3,
+                           max_len=8, seed=1):
+    """'w3 w5' -> 'W3 W5' or 'V3 V5' (one style per sentence, by a fair coin)."""
+    rng = random.Random(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
+        src, tgt = [], []
+        for _ in range(n):
+            ids = [rng.randrange(vocab) for _ in range(rng.randint(min_len, max_len))]
+            style = rng.choice("WV")
+            src.append(" ".join(f"w{i}" for i in ids))
+            tgt.append(" ".join(f"{style}{i}" for i in ids))
+        (folder / f"{split}.src").write_text("\n".join(src) + "\n")
+        (folder / f"{split}.tgt").write_text("\n".join(tgt) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """The two-style toy corpus, binarized (joined dictionary); shadows conftest's toy_data."""
+    root = tmp_path_factory.mktemp("two_style")
+    return preprocess(write_two_style_corpus(root / "raw"), str(root / "bin"))
+
+
+@pytest.fixture(scope="session")
+def ar_teacher(toy_data, tmp_path_factory):
+    """A tiny autoregressive fairseq Transformer on the two-style data (task translation)."""
+    save = tmp_path_factory.mktemp("two_style_teacher")
+    train(toy_data, str(save), [
+        "--task", "translation", "--arch", "transformer", "--share-all-embeddings",
+        "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
+        "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+        "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "20",
+        "--max-tokens", "2000", "--criterion", "cross_entropy", "--no-epoch-checkpoints",
+        "--disable-validation",
+    ], max_update=150)
+    return str(save / "checkpoint_last.pt")
+
+
 @pytest.fixture(scope="session")
 def lanmt_run(toy_data, tmp_path_factory):
     """(checkpoint path, training log) of a tiny LaNMT trained for 250 updates."""
     save = tmp_path_factory.mktemp("lanmt")
     proc = train(toy_data, str(save), LANMT_ARGS, max_update=250)
     return str(save / "checkpoint_last.pt"), proc.stdout + proc.stderr
+
+
+def mixed_styles(text):
+    """True when a hypothesis mixes W- and V-words (the multimodality problem)."""
+    return len({w[0] for w in text.split()}) > 1
 
 
 @pytest.fixture(scope="session")
@@ -180,6 +231,7 @@ def test_prior_delta_and_search_run_in_fairseq_generate(toy_data, lanmt_run, ar_
         "search_teacher": ["--decoding", "delta", "--latent-search-size", "4", "--teacher-path", ar_teacher],
         "search_self": ["--decoding", "prior", "--latent-search-size", "3"],
     }
+    bleus, mixed = {}, {}
     for name, args in settings.items():
         proc = generate(toy_data, ckpt, [*NAR, *args])
         hyps = parse_hypotheses(proc.stdout)
@@ -192,13 +244,25 @@ def test_prior_delta_and_search_run_in_fairseq_generate(toy_data, lanmt_run, ar_
             assert "scored by the NAT's own log p(y|z,x)" in proc.stdout + proc.stderr
         if name == "search_teacher":
             assert "scored by the autoregressive teacher" in proc.stdout + proc.stderr
-        bleu = re.search(r"BLEU4? = ([\d.]+)", proc.stdout)
-        assert bleu and float(bleu.group(1)) > 80, (name, proc.stdout[-500:])
+        bleus[name] = float(re.search(r"BLEU4? = ([\d.]+)", proc.stdout).group(1))
+        mixed[name] = sum(mixed_styles(h) for h in hyps.values())
+    # the prior mean sits between the two styles and mixes them; delta inference settles on one
+    assert mixed["delta"] < mixed["prior"] / 2, mixed
+    assert bleus["delta"] > bleus["prior"], bleus
 
 
 def test_auto_decoding_is_delta_and_lanmt_refuses_refine(toy_data, lanmt_run):
     proc = generate(toy_data, lanmt_run[0], [*NAR, "--decoding", "refine"], check=False)
     assert proc.returncode != 0 and "--decoding refine needs a refine_nat model" in proc.stderr
+
+
+def recompute_objective(model, task, sid, z):
+    """(tokens, J) of latent ``z`` for test sentence ``sid``, recomputed from scratch."""
+    src = task.dataset("test")[sid]["source"][None]
+    enc = model.encode(src, torch.tensor([src.size(1)]))
+    with torch.no_grad():
+        tokens, lprobs, _ = model.decode(enc, z[None])
+        return tokens[0][tokens[0].ne(model.pad)], float(lprobs.sum() + model.log_prior(enc, z[None]))
 
 
 def test_delta_never_lowers_the_objective(lanmt):
@@ -208,17 +272,22 @@ def test_delta_never_lowers_the_objective(lanmt):
     for force in (False, True):  # adaptive stop, and the fixed-steps path (last step judged at the end)
         delta = run_generator(task, model, "delta", iter_decode_max_iter=4, iter_decode_force_max_iter=force)
         assert sorted(delta) == sorted(prior) == list(range(N_TEST))
+        improved = 0
         for sid in prior:
             j_prior, j_delta = prior[sid]["objective"], delta[sid]["objective"]
             assert j_delta >= j_prior - 1e-3, (sid, j_prior, j_delta, force)
-            # the reported J is that of the returned translation and latent
-            z = delta[sid]["latent"]
-            assert math.isfinite(j_delta) and z.shape[-1] == model.latent_dim
+            improved += j_delta > j_prior + 1e-3
+            # the reported J belongs to the returned translation and latent
+            tokens, j = recompute_objective(model, task, sid, delta[sid]["latent"])
+            assert torch.equal(tokens, delta[sid]["tokens"][:-1])
+            assert math.isclose(j, j_delta, abs_tol=1e-2), (sid, j, j_delta)
+        assert improved >= N_TEST // 6, improved  # it does move, where there is something to gain
 
 
 def test_plain_delta_chain_can_lower_the_objective(lanmt):
-    """Why the ascent check exists: without it, delta steps away from the prior mean (the
-    maximum of log p(z|x)) even when y does not change, which lowers J."""
+    """Why the ascent check exists: the plain chain is no ascent method. Its z-step moves to the
+    posterior mean, not to argmax_z J(y, z), and the first step leaves the prior mean, the maximum
+    of log p(z|x); for some sentences J falls below the prior mean's."""
     model, task = lanmt
     prior = run_generator(task, model, "prior")
     task.cfg.delta_no_ascent_check = True
@@ -260,9 +329,8 @@ def test_latent_search_keeps_the_best_teacher_candidate(lanmt, ar_teacher):
     model, task = lanmt
     teacher = TeacherScorer.from_path(ar_teacher, task, like=model)
     m = 5
-    # a large noise so that candidates really differ on this easy toy task
     gen = LatentRefinementGenerator(task.target_dictionary, refiner=delta_refiner, max_iter=2,
-                                    search_size=m, search_noise=4.0, scorer=teacher,
+                                    search_size=m, search_noise=1.0, scorer=teacher,
                                     keep_candidates=True, ascent_check=True)
     torch.manual_seed(0)
     differing = 0
@@ -281,7 +349,7 @@ def test_latent_search_keeps_the_best_teacher_candidate(lanmt, ar_teacher):
             assert chosen_scores, "the hypothesis is none of the candidates"
             assert max(chosen_scores) >= max(singles) - 1e-3, (chosen_scores, singles)
             differing += len({tuple(c["tokens"].tolist()) for c in cands}) > 1
-    assert differing > 0, "all candidates were identical: the test would prove nothing"
+    assert differing > 8, "candidates were (nearly) all identical: the test would prove little"
 
 
 def test_teacher_with_other_dictionary_is_refused(toy_data, lanmt_run, ar_teacher, tmp_path):

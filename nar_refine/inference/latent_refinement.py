@@ -21,7 +21,8 @@ than it gains in log p(y|z,x). With the check, J never falls below the prior mea
 
 Each hypothesis reports, besides fairseq's fields, ``lp_y`` = log p(y|z,x) (sum of the token
 log-probs of the argmax y at the predicted length), ``log_prior`` = log p(z|x), ``objective``
-= their sum (the quantity delta inference climbs) and ``latent`` (its final z, S x d).
+= their sum (the quantity delta inference climbs) and ``latent`` (its final z, S x d over the
+real source positions, </s> included).
 """
 
 import torch
@@ -119,7 +120,8 @@ class LatentRefinementGenerator:
             hypo = make_hypothesis(tokens[r], lprobs[r], self.pad, self.eos, int(steps[r]),
                                    history[r] if history is not None else None)
             hypo.update(lp_y=float(lp_y[r]), log_prior=float(log_prior[r]),
-                        objective=float(lp_y[r] + log_prior[r]), latent=z[r])
+                        objective=float(lp_y[r] + log_prior[r]),
+                        latent=z[r][~enc["padding_mask"][r]])
             if scores is not None:
                 hypo["search_score"] = float(scores[r])
             if self.keep_candidates:

@@ -55,7 +55,14 @@ class TeacherScorer:
             logger.warning("teacher %s: its data dir %r is gone, so its dictionaries cannot be "
                            "compared symbol by symbol; checking sizes only", path, data)
             cfg.task.data = task.cfg.data
-        teacher_task = tasks.setup_task(cfg.task)
+        for key in ("source_lang", "target_lang"):  # else inferred from file names in its data dir
+            if getattr(cfg.task, key, None) is None and getattr(task.cfg, key, None) is not None:
+                setattr(cfg.task, key, getattr(task.cfg, key))
+        try:
+            teacher_task = tasks.setup_task(cfg.task)
+        except Exception as err:  # fairseq raises bare Exceptions here
+            raise NARConfigError(f"--teacher-path {path}: cannot set up its task "
+                                 f"{getattr(cfg.task, '_name', '?')} from {data}: {err}") from err
         for side, t_dict, n_dict in (
             ("source", teacher_task.source_dictionary, task.source_dictionary),
             ("target", teacher_task.target_dictionary, task.target_dictionary),
