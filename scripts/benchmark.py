@@ -46,6 +46,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -496,8 +497,9 @@ def write_markdown(path, meta, rows, target_lines, plots):
         for title, fn in plots:
             L.append(f"![{title}]({fn})\n")
     L.append("## Equivalent fairseq-generate commands\n")
-    L.append("Each system is built as fairseq-generate builds it from these arguments "
-             "(batch-1 runs use one sentence per batch).\n")
+    L.append("Each system is built as fairseq-generate builds it from these arguments (paths "
+             "relative to the repository; the throughput run batches by --max-tokens, the latency "
+             "run uses one sentence per batch).\n")
     L.append("```")
     for r in rows:
         L.append(f"# {r['key']}: {r['name']}")
@@ -663,6 +665,9 @@ def main(argv=None):
                   "fairseq.utils", "fairseq.tasks.fairseq_task"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    # hydra's deprecation notes, raised by fairseq's config composition at every checkpoint load
+    warnings.filterwarnings("ignore", message=r"(?s).*hydra\.cc/docs")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"hydra\.")
     import nar_refine  # noqa: F401  (patches torch.load and fairseq before any checkpoint is read)
     import torch
 
@@ -695,8 +700,9 @@ def main(argv=None):
     for i, s in enumerate(systems, 1):
         row = {"key": s.key, "name": s.name, "family": s.family, "checkpoint": ckpts[s.ckpt],
                "needs": s.needs, "series": s.series, "passes": s.passes, "primary": s.primary,
-               "fairseq_generate": "fairseq-generate " + " ".join(shlex.quote(x) for x in bench.generate_args(s))
-               + f" --batch-size 1   # or --max-tokens {a.max_tokens}"}
+               "fairseq_generate": ("fairseq-generate " + " ".join(shlex.quote(x) for x in bench.generate_args(s))
+                                    ).replace(str(REPO) + os.sep, "")
+               + "   # batch-1 latency: --batch-size 1"}
         absent = [ckpts[c] for c in [s.ckpt] + s.needs if not os.path.isfile(ckpts[c])]
         if absent:
             row["status"] = "missing checkpoint: " + ", ".join(absent)
@@ -710,7 +716,7 @@ def main(argv=None):
             logger.info("[%d/%d] %s: BLEU %.2f (papers' %.2f) | batch-1 latency %.1f ms (median of %d) | "
                         "%.1f sent/s batched | mean steps %s", i, len(systems), s.key, row["bleu"],
                         row["bleu_papers"], row["latency_ms_median"], row["latency_sentences"],
-                        row["throughput_sent_per_s"] or 0.0, row["mean_steps"])
+                        row["throughput_sent_per_s"] or 0.0, fmt(row["mean_steps"], 2))
         except Exception as err:  # keep going: one broken system must not lose the others' numbers
             logger.error("[%d/%d] %s failed:\n%s", i, len(systems), s.key, traceback.format_exc())
             row["status"] = f"error: {type(err).__name__}: {err}".replace("\n", " ")[:300]
