@@ -49,17 +49,17 @@ def write_two_style_corpus(folder, n_train=2000, n_valid=100, n_test=N_TEST, voc
 
 
 @pytest.fixture(scope="session")
-def toy_data(tmp_path_factory):
-    """The two-style toy corpus, binarized (joined dictionary); shadows conftest's toy_data."""
+def two_style_data(tmp_path_factory):
+    """The two-style toy corpus, binarized (joined dictionary)."""
     root = tmp_path_factory.mktemp("two_style")
     return preprocess(write_two_style_corpus(root / "raw"), str(root / "bin"))
 
 
 @pytest.fixture(scope="session")
-def ar_teacher(toy_data, tmp_path_factory):
+def two_style_teacher(two_style_data, tmp_path_factory):
     """A tiny autoregressive fairseq Transformer on the two-style data (task translation)."""
     save = tmp_path_factory.mktemp("two_style_teacher")
-    train(toy_data, str(save), [
+    train(two_style_data, str(save), [
         "--task", "translation", "--arch", "transformer", "--share-all-embeddings",
         "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
         "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
@@ -72,10 +72,10 @@ def ar_teacher(toy_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def lanmt_run(toy_data, tmp_path_factory):
+def lanmt_run(two_style_data, tmp_path_factory):
     """(checkpoint path, training log) of a tiny LaNMT trained for 250 updates."""
     save = tmp_path_factory.mktemp("lanmt")
-    proc = train(toy_data, str(save), LANMT_ARGS, max_update=250)
+    proc = train(two_style_data, str(save), LANMT_ARGS, max_update=250)
     return str(save / "checkpoint_last.pt"), proc.stdout + proc.stderr
 
 
@@ -85,13 +85,13 @@ def mixed_styles(text):
 
 
 @pytest.fixture(scope="session")
-def lanmt(lanmt_run, toy_data):
+def lanmt(lanmt_run, two_style_data):
     """(model, task) loaded from the checkpoint, the way fairseq-generate loads it."""
     from fairseq import checkpoint_utils, utils
 
     utils.import_user_module(argparse.Namespace(user_dir=USER_DIR))
     models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [lanmt_run[0]], arg_overrides={"data": toy_data})
+        [lanmt_run[0]], arg_overrides={"data": two_style_data})
     task.load_dataset("test")
     return models[0].eval(), task
 
@@ -222,18 +222,18 @@ def test_forward_uses_every_parameter(lanmt):
 
 
 # -- generation -------------------------------------------------------------------------------
-def test_prior_delta_and_search_run_in_fairseq_generate(toy_data, lanmt_run, ar_teacher):
+def test_prior_delta_and_search_run_in_fairseq_generate(two_style_data, lanmt_run, two_style_teacher):
     ckpt = lanmt_run[0]
     settings = {
         "prior": ["--decoding", "prior"],
         "delta": ["--decoding", "delta", "--iter-decode-max-iter", "4", "--print-step",
                   "--retain-iter-history"],
-        "search_teacher": ["--decoding", "delta", "--latent-search-size", "4", "--teacher-path", ar_teacher],
+        "search_teacher": ["--decoding", "delta", "--latent-search-size", "4", "--teacher-path", two_style_teacher],
         "search_self": ["--decoding", "prior", "--latent-search-size", "3"],
     }
     bleus, mixed = {}, {}
     for name, args in settings.items():
-        proc = generate(toy_data, ckpt, [*NAR, *args])
+        proc = generate(two_style_data, ckpt, [*NAR, *args])
         hyps = parse_hypotheses(proc.stdout)
         assert sorted(hyps) == list(range(N_TEST)), name
         assert sum(h.strip() != "" for h in hyps.values()) == N_TEST, name
@@ -251,9 +251,17 @@ def test_prior_delta_and_search_run_in_fairseq_generate(toy_data, lanmt_run, ar_
     assert bleus["delta"] > bleus["prior"], bleus
 
 
-def test_auto_decoding_is_delta_and_lanmt_refuses_refine(toy_data, lanmt_run):
-    proc = generate(toy_data, lanmt_run[0], [*NAR, "--decoding", "refine"], check=False)
+def test_lanmt_refuses_refine_decoding(two_style_data, lanmt_run):
+    proc = generate(two_style_data, lanmt_run[0], [*NAR, "--decoding", "refine"], check=False)
     assert proc.returncode != 0 and "--decoding refine needs a refine_nat model" in proc.stderr
+
+
+def test_auto_decoding_is_delta(lanmt):
+    model, task = lanmt
+    auto = run_generator(task, model, "auto", iter_decode_max_iter=4)
+    delta = run_generator(task, model, "delta", iter_decode_max_iter=4)
+    assert all(torch.equal(auto[s]["tokens"], delta[s]["tokens"]) for s in delta)
+    assert any(h["steps"] > 0 for h in auto.values())
 
 
 def recompute_objective(model, task, sid, z):
@@ -322,12 +330,12 @@ def _teacher_one_by_one(teacher, task, src, tokens):
     return float(hypo["positional_scores"].sum())
 
 
-def test_latent_search_keeps_the_best_teacher_candidate(lanmt, ar_teacher):
+def test_latent_search_keeps_the_best_teacher_candidate(lanmt, two_style_teacher):
     from nar_refine.inference.latent_refinement import LatentRefinementGenerator, delta_refiner
     from nar_refine.inference.teacher import TeacherScorer
 
     model, task = lanmt
-    teacher = TeacherScorer.from_path(ar_teacher, task, like=model)
+    teacher = TeacherScorer.from_path(two_style_teacher, task, like=model)
     m = 5
     gen = LatentRefinementGenerator(task.target_dictionary, refiner=delta_refiner, max_iter=2,
                                     search_size=m, search_noise=1.0, scorer=teacher,
@@ -352,32 +360,32 @@ def test_latent_search_keeps_the_best_teacher_candidate(lanmt, ar_teacher):
     assert differing > 8, "candidates were (nearly) all identical: the test would prove little"
 
 
-def test_teacher_with_other_dictionary_is_refused(toy_data, lanmt_run, ar_teacher, tmp_path):
+def test_teacher_with_other_dictionary_is_refused(two_style_data, lanmt_run, two_style_teacher, tmp_path):
     # same size, two symbols swapped: ids differ, so scores would be silently wrong
     bad_data = tmp_path / "other-dict"
     bad_data.mkdir()
     for side in ("src", "tgt"):
-        lines = (Path(toy_data) / f"dict.{side}.txt").read_text().splitlines()
+        lines = (Path(two_style_data) / f"dict.{side}.txt").read_text().splitlines()
         lines[0], lines[1] = lines[1], lines[0]
         (bad_data / f"dict.{side}.txt").write_text("\n".join(lines) + "\n")
-    state = torch.load(ar_teacher, map_location="cpu", weights_only=False)
+    state = torch.load(two_style_teacher, map_location="cpu", weights_only=False)
     state["cfg"]["task"]["data"] = str(bad_data)
     bad_teacher = tmp_path / "teacher_other_dict.pt"
     torch.save(state, bad_teacher)
 
     search = [*NAR, "--decoding", "delta", "--latent-search-size", "3"]
-    proc = generate(toy_data, lanmt_run[0], [*search, "--teacher-path", str(bad_teacher)], check=False)
+    proc = generate(two_style_data, lanmt_run[0], [*search, "--teacher-path", str(bad_teacher)], check=False)
     assert proc.returncode != 0
     assert "does not share this task's dictionaries" in proc.stderr, proc.stderr[-2000:]
     assert "first difference at id 4" in proc.stderr  # fairseq's 4 special symbols come first
     missing = tmp_path / "nowhere.pt"
-    proc = generate(toy_data, lanmt_run[0], [*search, "--teacher-path", str(missing)], check=False)
+    proc = generate(two_style_data, lanmt_run[0], [*search, "--teacher-path", str(missing)], check=False)
     assert proc.returncode != 0 and "no such checkpoint file" in proc.stderr
 
 
-def test_teacher_data_dir_gone_falls_back_to_size_check(lanmt, ar_teacher, tmp_path):
+def test_teacher_data_dir_gone_falls_back_to_size_check(lanmt, two_style_teacher, tmp_path):
     model, task = lanmt
-    state = torch.load(ar_teacher, map_location="cpu", weights_only=False)
+    state = torch.load(two_style_teacher, map_location="cpu", weights_only=False)
     state["cfg"]["task"]["data"] = str(tmp_path / "moved-away")
     moved = tmp_path / "teacher_moved.pt"
     torch.save(state, moved)

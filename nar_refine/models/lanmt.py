@@ -89,7 +89,7 @@ class LaNMTModel(BaseFairseqModel):
         ffn, heads, drop = args.encoder_ffn_embed_dim, args.encoder_attention_heads, args.dropout
         max_pos = args.max_target_positions + tgt_dict.pad() + 1
 
-        def stack(layers, cross, positions):
+        def stack(layers, cross, positions, ffn=ffn, heads=heads):
             return ParallelTransformerStack(
                 dim, ffn, heads, layers, dropout=drop, cross_attention=cross,
                 max_positions=max_pos if positions else None, padding_idx=tgt_dict.pad(),
@@ -108,7 +108,8 @@ class LaNMTModel(BaseFairseqModel):
         # p(y|z,x)
         self.latent_to_hidden = nn.Linear(self.latent_dim, dim)
         self.log_transform_width = nn.Parameter(torch.zeros(()))  # width sigma = exp(.) = 1 at start
-        self.decoder = stack(args.decoder_layers, cross=True, positions=True)
+        self.decoder = stack(args.decoder_layers, cross=True, positions=True,
+                             ffn=args.decoder_ffn_embed_dim, heads=args.decoder_attention_heads)
         self.output_projection = nn.Linear(dim, len(tgt_dict), bias=False)
         if args.share_decoder_input_output_embed:
             self.output_projection.weight = embed_tokens.weight
