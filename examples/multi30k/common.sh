@@ -41,6 +41,9 @@ SRC=en
 TGT=de
 BIN="$WORK/data-bin"            # real references
 DISTIL_BIN="$WORK/data-bin-distil"   # teacher's beam-5 output as targets
+# The NAT models train on TRAIN_BIN: the distilled data by default; TRAIN_BIN="$BIN" trains on
+# the references instead (run_results.sh does, see its header).
+TRAIN_BIN=${TRAIN_BIN:-$DISTIL_BIN}
 # fairseq-generate post-processing matching the subword model
 if [ "$BPE" = sentencepiece ]; then POST=sentencepiece; else POST=subword_nmt; fi
 

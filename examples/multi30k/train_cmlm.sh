@@ -7,14 +7,14 @@
 # Budget: 500 updates or STOP_HOURS (default 0.5) of cumulative training wall time, whichever
 # comes first (fairseq --stop-time-hours; the shared machine is slower when others use it).
 source "$(dirname "$0")/common.sh"
-[ -s "$DISTIL_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $DISTIL_BIN: run distil.sh first" >&2; exit 1; }
+[ -s "$TRAIN_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $TRAIN_BIN: run distil.sh first (or set TRAIN_BIN)" >&2; exit 1; }
 if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; else MAX_UPDATE=${MAX_UPDATE:-500}; fi
 if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-200}; fi
 LR=${LR:-1e-3}
 if [ "$SMOKE" = 1 ]; then STOP_HOURS=${STOP_HOURS:-0}; else STOP_HOURS=${STOP_HOURS:-0.5}; fi
 DROPOUT=${DROPOUT:-0.1}
 
-train "$WORK/checkpoints/cmlm" "$DISTIL_BIN" \
+train "$WORK/checkpoints/cmlm" "$TRAIN_BIN" \
   --task translation_lev --noise random_mask \
   --arch cmlm_transformer --share-all-embeddings "${MODEL_ARGS[@]}" \
   --encoder-learned-pos --decoder-learned-pos --apply-bert-init \

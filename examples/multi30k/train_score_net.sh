@@ -6,20 +6,22 @@
 # Usage: train_score_net.sh [--smoke] [WORKDIR] [-- extra fairseq-train args]
 # Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT, LANMT (checkpoint path).
 source "$(dirname "$0")/common.sh"
-[ -s "$DISTIL_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $DISTIL_BIN: run distil.sh first" >&2; exit 1; }
+[ -s "$TRAIN_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $TRAIN_BIN: run distil.sh first (or set TRAIN_BIN)" >&2; exit 1; }
 LANMT=${LANMT:-$WORK/checkpoints/lanmt/checkpoint_best.pt}
 [ -f "$LANMT" ] || { echo "no LaNMT checkpoint $LANMT: run train_lanmt.sh first" >&2; exit 1; }
-if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; ARCH=score_net_tiny; else MAX_UPDATE=${MAX_UPDATE:-500}; ARCH=score_net_small; fi
+KIND=${KIND:-score}  # score or energy (KIND=energy: energy_net, in checkpoints/energy_net)
+if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; ARCH=${KIND}_net_tiny; else MAX_UPDATE=${MAX_UPDATE:-500}; ARCH=${KIND}_net_small; fi
 if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-200}; fi
 LR=${LR:-1e-3}
 DROPOUT=${DROPOUT:-0.1}
+STOP_HOURS=${STOP_HOURS:-0}  # wall-time budget in hours (0: none)
 
-train "$WORK/checkpoints/score_net" "$DISTIL_BIN" \
+train "$WORK/checkpoints/${KIND}_net" "$TRAIN_BIN" \
   --task nar_translation --arch $ARCH --lanmt-path "$LANMT" \
   --criterion score_matching \
   --inference-dropout $DROPOUT \
   --optimizer adam --adam-betas '(0.9,0.98)' \
   --lr $LR --lr-scheduler inverse_sqrt --warmup-updates $WARMUP --warmup-init-lr 1e-07 \
-  --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE \
+  --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE --stop-time-hours $STOP_HOURS \
   --no-epoch-checkpoints --seed 1 --num-workers 0 \
   --log-format simple --log-interval 50 "${EXTRA_ARGS[@]}"
