@@ -37,7 +37,7 @@ from nar_refine.tasks.nar_translation import NARConfigError
 logger = logging.getLogger(__name__)
 
 # what a frozen LaNMT must offer the inference networks and their generators
-LANMT_INTERFACE = ("encode", "prior", "decode", "delta_step", "latent_dim", "output_projection")
+LANMT_METHODS = ("encode", "prior", "posterior", "decode", "delta_step", "log_prior")
 
 
 @dataclass
@@ -68,6 +68,7 @@ def load_frozen_lanmt(path, task):
     Raises :class:`NARConfigError` when the file is missing or holds no LaNMT.
     """
     from fairseq import checkpoint_utils
+    from fairseq.models import ARCH_MODEL_REGISTRY
 
     if not path:
         raise NARConfigError(
@@ -79,22 +80,25 @@ def load_frozen_lanmt(path, task):
             f"the LaNMT checkpoint {path} of this inference network does not exist; "
             f"point --lanmt-path to the LaNMT it was trained on"
         )
-    from fairseq.models import ARCH_MODEL_REGISTRY
-
     state = checkpoint_utils.load_checkpoint_to_cpu(path)
     model_cfg = state["cfg"]["model"] if state.get("cfg") is not None else state.get("args")
     arch = getattr(model_cfg, "arch", None) or getattr(model_cfg, "_name", None)
     if arch is None and isinstance(model_cfg, dict):
         arch = model_cfg.get("arch") or model_cfg.get("_name")
     cls = ARCH_MODEL_REGISTRY.get(arch)
-    # checked before building: an inference network here would load itself forever
+    # checked before building: an inference network given here would load itself forever
     if cls is None or issubclass(cls, InferenceNetworkModel) or not all(
-            hasattr(cls, name) for name in LANMT_INTERFACE if name not in ("latent_dim", "output_projection")):
+            hasattr(cls, name) for name in LANMT_METHODS):
         raise NARConfigError(
             f"{path} holds a {arch} model, not a LaNMT; --lanmt-path must name the checkpoint "
             f"of a model trained with --arch lanmt*"
         )
-    models, _ = checkpoint_utils.load_model_ensemble([path], task=task, state=state)
+    try:
+        models, _ = checkpoint_utils.load_model_ensemble([path], task=task, state=state)
+    except RuntimeError as err:  # fairseq's message for weights of the wrong shapes
+        raise NARConfigError(
+            f"the LaNMT {path} does not fit this task's data (trained with other dictionaries?): {err}"
+        ) from err
     lanmt = models[0]
     lanmt.eval()
     for p in lanmt.parameters():
