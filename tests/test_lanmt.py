@@ -317,6 +317,24 @@ def test_prior_decoding_uses_one_softmax_per_batch(lanmt):
     assert len(calls) == len(toy_batches(task))
 
 
+def test_refiner_that_never_decodes_costs_one_softmax(lanmt):
+    """The contract the score/energy refiners rely on: only the final z is decoded."""
+    from nar_refine.inference.latent_refinement import LatentRefinementGenerator
+
+    model, task = lanmt
+    calls = []
+    hook = model.output_projection.register_forward_hook(lambda *a: calls.append(1))
+    gen = LatentRefinementGenerator(task.target_dictionary, refiner=lambda m, e, z: (z * 0.9, None),
+                                    max_iter=3, ascent_check=True)
+    try:
+        batches = toy_batches(task)
+        hypos = [h for sample in batches for h in gen.generate([model], sample)]
+    finally:
+        hook.remove()
+    assert len(calls) == len(batches)
+    assert all(h[0]["steps"] == 3 for h in hypos)
+
+
 def _teacher_one_by_one(teacher, task, src, tokens):
     """Sum of token log-probs of ``tokens`` + </s> given ``src`` by fairseq's SequenceScorer."""
     from fairseq.sequence_scorer import SequenceScorer

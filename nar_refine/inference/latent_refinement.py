@@ -2,7 +2,8 @@
 
     z_0 = mu_p(x)                       (or m latent-search candidates per sentence)
     z_{k+1}, y_k = refiner(model, enc, z_k)       k < max_iter
-    y = argmax p(y | z_K, x)                     only the final z is decoded by the generator
+    y = argmax p(y | z_K, x)                     the final z, decoded once (not again when a
+                                                 refiner step already decoded it)
 
 ``refiner(model, enc, z) -> (z_next, tokens_or_None)`` (optionally a third element: the token
 log-probs of those tokens) is the inference rule: ``delta_refiner`` (delta-posterior
@@ -28,6 +29,7 @@ real source positions, </s> included).
 """
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from nar_refine.inference.hypotheses import make_hypothesis
 from nar_refine.inference.latent_search import expand_rows, latent_candidates, select_best
@@ -89,23 +91,29 @@ class LatentRefinementGenerator:
         else:
             z = mu
 
-        z, steps, history, unchecked = self.refine(model, enc, z)
-        tokens, lprobs, lengths = model.decode(enc, z)
-        lp_y, log_prior = lprobs.sum(-1), model.log_prior(enc, z)
+        z, steps, history, dec, unchecked = self.refine(model, enc, z)
+        # decode only the rows whose final z has not been decoded yet (one softmax, one batch)
+        need = [r for r, d in enumerate(dec) if d is None]
+        if need:
+            idx = torch.tensor(need, device=z.device)
+            t, lp, _ = model.decode(enc.index(idx), z[idx])
+            for i, r in enumerate(need):
+                dec[r] = (t[i], lp[i])
+        log_prior = model.log_prior(enc, z)
         if unchecked is not None:
-            # the last step of rows that ran out of steps is judged by the final decode
-            rows, obj_before, z_before = unchecked
-            worse = (lp_y[rows] + log_prior[rows]) < obj_before
-            if worse.any():
-                rows, z_back = rows[worse], z_before[worse]
-                z[rows], steps[rows] = z_back, steps[rows] - 1
-                sub = enc.index(rows)
-                t, lp, _ = model.decode(sub, z_back)
-                tokens, lprobs = _put_rows(tokens, rows, t, self.pad), _put_rows(lprobs, rows, lp, 0.0)
-                lp_y[rows], log_prior[rows] = lp.sum(-1), model.log_prior(sub, z_back)
-                if history is not None:
-                    for r in rows.tolist():
-                        history[r].pop()
+            # the last step of rows that ran out of steps is judged now, by their final decode
+            rows, obj_before, z_before, dec_before = unchecked
+            lp_rows = torch.stack([dec[r][1].sum() for r in rows.tolist()])
+            worse = (lp_rows + log_prior[rows]) < obj_before
+            back = rows[worse]
+            if back.numel() > 0:
+                z[back], steps[back] = z_before[worse], steps[back] - 1
+                for i, r in zip(worse.nonzero().flatten().tolist(), back.tolist()):
+                    dec[r] = dec_before[i]
+                log_prior[back] = model.log_prior(enc.index(back), z[back])
+        tokens = pad_sequence([d[0] for d in dec], batch_first=True, padding_value=self.pad)
+        lprobs = pad_sequence([d[1] for d in dec], batch_first=True, padding_value=0.0)
+        lp_y = lprobs.sum(-1)
         if history is not None:
             for r in range(tokens.size(0)):
                 if not history[r] or not same_rows(history[r][-1][None], tokens[r][None], self.pad):
@@ -139,61 +147,66 @@ class LatentRefinementGenerator:
     def refine(self, model, enc, z):
         """Apply the refiner up to ``max_iter`` times.
 
-        Returns (z, steps per row, history or None, unchecked or None); ``unchecked`` =
-        (rows, objective before their last step, z before it) for the ascent check of rows
-        whose last step no later decode has judged yet.
+        Returns (z, steps per row, history or None, decodes, unchecked or None). ``decodes[r]``
+        is (tokens, token log-probs) of row r's final z when a refiner step already decoded it
+        (the sentence stopped there), else None. ``unchecked`` = (rows, their J before the last
+        step, z before it, its decodes) for the ascent check of rows whose last step no decode
+        has judged yet.
         """
         n = z.size(0)
         z = z.clone()
         steps = torch.zeros(n, dtype=torch.long, device=z.device)
         history = [[] for _ in range(n)] if self.retain_history else None
+        dec = [None] * n  # decode of each row's current z, when known
+        dec_before = [None] * n  # decode of each row's previous z
+        obj_before = torch.full((n,), float("-inf"), device=z.device)  # J of each row's previous z
+        z_before = z.clone()
         active = torch.arange(n, device=z.device)
         prev = None  # tokens of the active rows at the previous step
-        obj_before = z.new_full((n,), float("-inf"))  # objective of each row's previous z
-        z_before = z.clone()
         checked = False
         for _ in range(self.max_iter):
             if active.numel() == 0:
                 break
+            rows = active.tolist()
             sub = enc.index(active)
             out = self.refiner(model, sub, z[active])
             z_next, toks = out[0], out[1]
+            lps = out[2] if len(out) > 2 else None
+            if lps is not None:
+                for i, r in enumerate(rows):
+                    dec[r] = (toks[i], lps[i])
             go = torch.ones(active.numel(), dtype=torch.bool, device=z.device)
-            if self.ascent_check and len(out) > 2 and out[2] is not None:
+            if self.ascent_check and lps is not None:
                 checked = True
-                obj = out[2].float().sum(-1) + model.log_prior(sub, z[active])
+                obj = lps.float().sum(-1) + model.log_prior(sub, z[active])
                 worse = obj < obj_before[active]
-                back = active[worse]  # the previous step lowered the objective: undo it, stop
+                back = active[worse]  # the previous step lowered J: undo it, stop the sentence
                 z[back], steps[back] = z_before[back], steps[back] - 1
+                for r in back.tolist():
+                    dec[r] = dec_before[r]
                 obj_before[active] = torch.where(worse, obj_before[active], obj)
                 go &= ~worse
             if toks is None and history is not None:
                 toks = model.decode(sub, z[active])[0]  # costs a softmax; only when asked
             if history is not None:
-                for i, r in enumerate(active.tolist()):
+                for i, r in enumerate(rows):
                     if go[i]:
                         history[r].append(toks[i])
             if self.adaptive and toks is not None and prev is not None:
                 # y_k == y_{k-1}: this z already yields a fixed point; keep it, drop the row
                 go &= ~same_rows(toks, prev, self.pad)
             moving = active[go]
+            for r in moving.tolist():
+                dec_before[r], dec[r] = dec[r], None
             z_before[moving] = z[moving]
             z[moving] = z_next[go].to(z.dtype)
             steps[moving] += 1
             active, prev = moving, (toks[go] if toks is not None else None)
         unchecked = None
         if checked and active.numel() > 0:
-            unchecked = (active, obj_before[active], z_before[active])
-        return z, steps, history, unchecked
-
-
-def _put_rows(matrix, rows, values, fill):
-    """matrix[rows] = values for B x T matrices whose widths may differ (pad with ``fill``)."""
-    width = max(matrix.size(1), values.size(1))
-    matrix = torch.nn.functional.pad(matrix, (0, width - matrix.size(1)), value=fill)
-    values = torch.nn.functional.pad(values, (0, width - values.size(1)), value=fill)
-    matrix[rows] = values
-    return matrix
+            unchecked = (active, obj_before[active], z_before[active],
+                         [dec_before[r] for r in active.tolist()])
+        return z, steps, history, dec, unchecked
 
 
 def build_latent_generator(task, model, gen_args, refiner=None, max_iter=0, adaptive=True,

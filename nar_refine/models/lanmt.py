@@ -217,10 +217,10 @@ class LaNMTModel(BaseFairseqModel):
         return z_next, tokens, lprobs, lengths
 
     def log_prior(self, enc, z):
-        """log p(z|x) summed over real source positions and latent dims -> B."""
+        """log p(z|x) summed over real source positions and latent dims -> B (float32)."""
         mu, sigma = self.prior(enc)
-        keep = (~enc["padding_mask"]).unsqueeze(-1).type_as(z)
-        return (gaussian_log_density(z, mu, sigma) * keep).sum((1, 2))
+        keep = (~enc["padding_mask"]).unsqueeze(-1).float()
+        return (gaussian_log_density(z.float(), mu.float(), sigma.float()) * keep).sum((1, 2))
 
     # -- training -------------------------------------------------------------------------------
     def forward(self, src_tokens, src_lengths, prev_output_tokens=None, tgt_tokens=None, **kwargs):
