@@ -175,7 +175,8 @@ def test_kl_budget_schedule_and_free_bits():
 
     def fake_model(*args, **kwargs):
         return {
-            "word_ins": {"out": torch.zeros(1, 2, 6), "tgt": target[:, :2], "mask": torch.ones(1, 2, dtype=torch.bool)},
+            "word_ins": {"out": torch.zeros(1, 2, 6), "tgt": target[:, :2],
+                         "mask": torch.ones(1, 2, dtype=torch.bool)},
             "kl": {"out": kl_pos, "mask": torch.tensor([[True, True, True, False]])},
             "length": {"out": torch.zeros(1, 3), "tgt": torch.tensor([1])},
         }
@@ -228,7 +229,8 @@ def test_prior_delta_and_search_run_in_fairseq_generate(two_style_data, lanmt_ru
         "prior": ["--decoding", "prior"],
         "delta": ["--decoding", "delta", "--iter-decode-max-iter", "4", "--print-step",
                   "--retain-iter-history"],
-        "search_teacher": ["--decoding", "delta", "--latent-search-size", "4", "--teacher-path", two_style_teacher],
+        "search_teacher": ["--decoding", "delta", "--latent-search-size", "4",
+                           "--teacher-path", two_style_teacher],
         "search_self": ["--decoding", "prior", "--latent-search-size", "3"],
     }
     bleus, mixed = {}, {}
