@@ -10,6 +10,11 @@ set -euo pipefail
 EXAMPLE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$EXAMPLE_DIR/../.." && pwd)"
 DATA=${DATA:-/work/shared/data/multi30k}
+# use the repository's virtual environment (scripts/setup.sh) when none is active
+if ! command -v fairseq-train > /dev/null && [ -x "$REPO_DIR/.venv/bin/fairseq-train" ]; then
+  export PATH="$REPO_DIR/.venv/bin:$PATH"
+fi
+command -v fairseq-train > /dev/null || { echo "fairseq-train not found: run scripts/setup.sh and 'source .venv/bin/activate'" >&2; exit 1; }
 USER_DIR=${USER_DIR:-$REPO_DIR/nar_refine}   # patches torch.load for fairseq (torch>=2.6)
 SMOKE=0
 BPE=sentencepiece
