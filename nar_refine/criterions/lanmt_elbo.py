@@ -55,6 +55,7 @@ class LaNMTELBOConfig(FairseqDataclass):
     )
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing on token losses"})
     max_update: int = II("optimization.max_update")
+    stop_time_hours: float = II("optimization.stop_time_hours")
 
 
 def kl_budget_at(update, budget, hold, anneal):
@@ -69,7 +70,7 @@ def kl_budget_at(update, budget, hold, anneal):
 @register_criterion("lanmt_elbo", dataclass=LaNMTELBOConfig)
 class LaNMTELBO(FairseqCriterion):
     def __init__(self, task, kl_budget, kl_budget_hold_updates, kl_budget_anneal_updates,
-                 length_loss_factor, label_smoothing, max_update=0):
+                 length_loss_factor, label_smoothing, max_update=0, stop_time_hours=0):
         super().__init__(task)
         if kl_budget < 0:
             raise ValueError("--kl-budget must be >= 0")
@@ -84,6 +85,12 @@ class LaNMTELBO(FairseqCriterion):
             hold = kl_budget_hold_updates if kl_budget_hold_updates >= 0 else max_update // 2
             anneal = (kl_budget_anneal_updates if kl_budget_anneal_updates >= 0
                       else int(0.4 * max_update))
+            if (stop_time_hours or 0) > 0 and (kl_budget_hold_updates < 0 or kl_budget_anneal_updates < 0):
+                logger.warning("lanmt_elbo: the KL budget schedule is taken from --max-update %d "
+                               "(budget %s until update %d, 0 from update %d), but --stop-time-hours "
+                               "may end training first; set --kl-budget-hold-updates and "
+                               "--kl-budget-anneal-updates to the updates the time allows",
+                               max_update, kl_budget, hold, hold + anneal)
         self.budget, self.hold, self.anneal = kl_budget, hold, anneal
         self.length_factor = length_loss_factor
         self.eps = label_smoothing
