@@ -6,7 +6,9 @@
 # Writes WORK/results/MODEL.SETTING.{gen.txt,hyp.txt,json}; appends WORK/results/summary.tsv.
 MODEL="$1"; shift
 source "$(dirname "$0")/common.sh"
-CKPT="$WORK/checkpoints/$MODEL/checkpoint_best.pt"
+# CKPT_NAME (env): checkpoint folder and result prefix, default MODEL (e.g. CKPT_NAME=cmlm_distil evaluate.sh cmlm)
+NAME=${CKPT_NAME:-$MODEL}
+CKPT="$WORK/checkpoints/$NAME/checkpoint_best.pt"
 [ -f "$CKPT" ] || { echo "no checkpoint $CKPT" >&2; exit 1; }
 mkdir -p "$WORK/results"
 BS=${BATCH_SIZE:-100}
@@ -27,17 +29,17 @@ case "$MODEL" in
 esac
 for s in "${SETTINGS[@]}"; do
   name=${s%%|*}; flags=${s#*|}
-  out="$WORK/results/$MODEL.$name"
+  out="$WORK/results/$NAME.$name"
   if [ -s "$out.json" ]; then log "skip: $out.json exists"; continue; fi
   # shellcheck disable=SC2086
   cmd="fairseq-generate $BIN --path $CKPT --user-dir $USER_DIR --gen-subset test $flags --batch-size $BS --num-workers 0"
-  log "$MODEL/$name: $cmd"
+  log "$NAME/$name: $cmd"
   echo "$cmd" > "$out.command.txt"
   $cmd > "$out.gen.txt" 2> "$out.gen.log" || { tail -20 "$out.gen.log"; exit 1; }
   python "$EXAMPLE_DIR/evaluate.py" "$out.gen.txt" --ref "$WORK/raw/test.$TGT" --bpe "$BPE" \
-    --lang $TGT --gen-log "$out.gen.log" --name "$MODEL/$name" --out-hyp "$out.hyp.txt" --json "$out.json"
+    --lang $TGT --gen-log "$out.gen.log" --name "$NAME/$name" --out-hyp "$out.hyp.txt" --json "$out.json"
   python -c "
 import json; d=json.load(open('$out.json'))
-print('\t'.join(['$MODEL','$name',str(d['sacrebleu_cased_13a']),str(d['papers_lowercased_dedup_13a']),str(d['generate_speed'])]))
+print('\t'.join(['$NAME','$name',str(d['sacrebleu_cased_13a']),str(d['papers_lowercased_dedup_13a']),str(d['generate_speed'])]))
 " >> "$WORK/results/summary.tsv"
 done

@@ -3,7 +3,8 @@
 #   WORK/data-bin-distil -> WORK/checkpoints/cmlm/checkpoint_best.pt
 # Same size and training budget as the teacher (3+3 layers, d=256, ~30 min on one thread).
 # Usage: train_cmlm.sh [--smoke] [WORKDIR] [-- extra fairseq-train args]
-# Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT, STOP_HOURS.
+# Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT, STOP_HOURS, TRAIN_BIN (training data),
+# CKPT_NAME (checkpoint folder under WORK/checkpoints, default cmlm; e.g. CKPT_NAME=cmlm_distil for a variant).
 # Budget: 500 updates or STOP_HOURS (default 0.5) of cumulative training wall time, whichever
 # comes first (fairseq --stop-time-hours; the shared machine is slower when others use it).
 source "$(dirname "$0")/common.sh"
@@ -14,7 +15,7 @@ LR=${LR:-1e-3}
 if [ "$SMOKE" = 1 ]; then STOP_HOURS=${STOP_HOURS:-0}; else STOP_HOURS=${STOP_HOURS:-0.5}; fi
 DROPOUT=${DROPOUT:-0.1}
 
-train "$WORK/checkpoints/cmlm" "$TRAIN_BIN" \
+train "$WORK/checkpoints/${CKPT_NAME:-cmlm}" "$TRAIN_BIN" \
   --task translation_lev --noise random_mask \
   --arch cmlm_transformer --share-all-embeddings "${MODEL_ARGS[@]}" \
   --encoder-learned-pos --decoder-learned-pos --apply-bert-init \
