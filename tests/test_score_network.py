@@ -67,12 +67,9 @@ def load(path, toy_data):
     return models[0].eval(), task
 
 
-def test_batches(task, size=16):
+def held_out_batches(task, size=16):
     itr = task.get_batch_iterator(task.dataset("test"), max_sentences=size, seed=1)
     return list(itr.next_epoch_itr(shuffle=False))
-
-
-test_batches.__test__ = False  # a helper, not a test
 
 
 def log_values(log, kind, key):
@@ -157,7 +154,7 @@ def test_one_score_step_moves_z_toward_the_delta_target(net_run, toy_data):
     model, task = load(path, toy_data)
     torch.manual_seed(0)
     cos, before, after = [], [], []
-    for sample in test_batches(task):
+    for sample in held_out_batches(task):
         net = sample["net_input"]
         enc = model.encode(net["src_tokens"], net["src_lengths"])
         mu, sigma = model.prior(enc)
@@ -203,7 +200,7 @@ def _projection_rows(model, task, **cfg):
         lambda mod, inp, out: calls.append(inp[0].size(0)))
     try:
         n = 0
-        for sample in test_batches(task):
+        for sample in held_out_batches(task):
             hypos = task.inference_step(gen, [model], sample)
             n += len(hypos)
     finally:

@@ -170,6 +170,8 @@ class InferenceNetworkModel(BaseFairseqModel):
         path = getattr(task.cfg, "lanmt_path", None) or getattr(args, "lanmt_path", None)
         lanmt = load_frozen_lanmt(path, task)
         args.lanmt_path = os.path.abspath(path)  # recorded in the checkpoint's model config
+        logger.info("%s: frozen LaNMT %s (%d parameters)", cls.nar_family, args.lanmt_path,
+                    sum(p.numel() for p in lanmt.parameters()))
         context_dim = lanmt.args.encoder_embed_dim
         net = InferenceNetwork(
             lanmt.latent_dim, context_dim, args.inference_embed_dim, args.inference_ffn_embed_dim,
