@@ -124,6 +124,9 @@ def main():
             "beam": args.beam, "splits": splits, "generate_args": args.generate_args,
             "source_lang": src, "target_lang": tgt, "generate_seconds": {}}
 
+    old = os.path.join(args.out, "distill.json")
+    if os.path.exists(old):  # resumed run: keep the timings of splits translated before
+        info["generate_seconds"] = json.load(open(old)).get("generate_seconds", {})
     t_start = time.time()
     for split in splits:
         n = count_sentences(args.data_bin, split, src, tgt)
