@@ -173,6 +173,44 @@ def test_one_score_step_moves_z_toward_the_delta_target(net_run, toy_data):
     assert after.mean() < before.mean()
 
 
+def test_generator_applies_the_update_rule(net_run, toy_data):
+    """score/energy decoding == argmax p(y | mu + alpha*S(mu) + ..., x), computed by hand."""
+    kind, (path, _) = net_run
+    model, task = load(path, toy_data)
+    task.cfg.decoding, task.cfg.score_steps, task.cfg.score_alpha = kind, 2, 0.7
+    task.cfg.score_line_search, task.cfg.latent_search_size = None, 1
+    gen = task.build_generator([model], argparse.Namespace())
+    sample = held_out_batches(task)[0]
+    hypos = task.inference_step(gen, [model], sample)
+    net = sample["net_input"]
+    enc = model.encode(net["src_tokens"], net["src_lengths"])
+    z, _ = model.prior(enc)
+    for _ in range(2):
+        z = z + 0.7 * model.score(enc, z).detach()
+    tokens, _, _ = model.decode(enc, z)
+    for row, hypo in zip(tokens, hypos):
+        assert torch.equal(hypo[0]["tokens"][:-1], row[row.ne(model.lanmt.pad)])
+
+
+def test_energy_score_is_minus_the_energy_gradient(energy_run, toy_data):
+    """S = -dE/dz: a step along S lowers E, and <S, v> matches a finite difference of E."""
+    model, task = load(energy_run[0], toy_data)
+    net = held_out_batches(task)[0]["net_input"]
+    enc = model.encode(net["src_tokens"], net["src_lengths"])
+    mu, _ = model.prior(enc)
+    z = mu.double()
+    model.double()
+    enc = type(enc)({k: v.double() if v.is_floating_point() else v for k, v in enc.items()})
+    keep = (~enc["padding_mask"]).unsqueeze(-1).double()
+    v = torch.randn_like(z) * keep
+    eps = 1e-3  # fairseq's attention softmax runs in float32 even in a double model
+    with torch.no_grad():
+        fd = (model.energy_value(enc, z + eps * v) - model.energy_value(enc, z - eps * v)) / (2 * eps)
+        s = model.score(enc, z)
+        assert torch.allclose(fd, -(s * v).sum((1, 2)), rtol=1e-2, atol=1e-4)
+        assert (model.energy_value(enc, z + 1e-2 * s) < model.energy_value(enc, z)).all()
+
+
 # -- generation ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra", [[], ["--score-steps", "2", "--score-line-search", "0.5,1,2"],
                                    ["--latent-search-size", "3"]],
