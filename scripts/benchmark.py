@@ -173,6 +173,11 @@ def build_systems(a, ckpts):
         out.append(System(f"lanmt.delta{k}", f"LaNMT, delta inference (<= {k} step{'s' * (k > 1)})", "LaNMT",
                           "lanmt", nar + ["--decoding", "delta", "--iter-decode-max-iter", str(k)],
                           series="LaNMT delta (max steps)", passes=k + 1, primary=k == max(a.delta_steps)))
+    for k in a.delta_steps:  # the paper's chain, without the ascent check
+        out.append(System(f"lanmt.delta{k}.plain", f"LaNMT, plain delta chain (<= {k} step{'s' * (k > 1)}, "
+                          f"no ascent check)", "LaNMT", "lanmt",
+                          nar + ["--decoding", "delta", "--iter-decode-max-iter", str(k), "--delta-no-ascent-check"],
+                          series="LaNMT plain delta (max steps)", passes=k + 1))
     for m in a.search_sizes:
         out.append(System(f"lanmt.search{m}", f"LaNMT, latent search m={m} (delta <= {a.search_delta_steps}, "
                           f"teacher rescoring)", "LaNMT", "lanmt",
