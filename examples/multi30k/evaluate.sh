@@ -2,7 +2,7 @@
 # Step 5: translate test2016 with a trained model and score it with evaluate.py.
 # Usage: evaluate.sh MODEL [--smoke] [WORKDIR]
 #   MODEL: teacher (beam 5 and beam 1) | cmlm (10 mask-predict iterations, length beam 1 and 5)
-#          | refine_nat | lanmt | score_net (nar_refine models; need their training steps)
+#          | refine_nat | lanmt | score_net | energy_net (nar_refine models; need their training steps)
 # Writes WORK/results/MODEL.SETTING.{gen.txt,hyp.txt,json}; appends WORK/results/summary.tsv.
 MODEL="$1"; shift
 source "$(dirname "$0")/common.sh"
@@ -25,6 +25,8 @@ case "$MODEL" in
       "delta|--task nar_translation --decoding delta --iter-decode-max-iter 4 --beam 1") ;;
   score_net) SETTINGS=(
       "score1|--task nar_translation --decoding score --score-steps 1 --beam 1") ;;
+  energy_net) SETTINGS=(
+      "energy1|--task nar_translation --decoding energy --score-steps 1 --beam 1") ;;
   *) echo "unknown model $MODEL" >&2; exit 2 ;;
 esac
 for s in "${SETTINGS[@]}"; do
