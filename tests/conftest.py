@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import preprocess, train, write_toy_corpus
+from helpers import preprocess, train_ar_teacher, write_toy_corpus
 
 
 @pytest.fixture(scope="session")
@@ -16,13 +16,4 @@ def toy_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def ar_teacher(toy_data, tmp_path_factory):
     """A tiny autoregressive fairseq Transformer on the toy data (task translation)."""
-    save = tmp_path_factory.mktemp("teacher")
-    train(toy_data, str(save), [
-        "--task", "translation", "--arch", "transformer", "--share-all-embeddings",
-        "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
-        "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-        "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "20",
-        "--max-tokens", "2000", "--criterion", "cross_entropy", "--no-epoch-checkpoints",
-    ], max_update=150)
-    return str(save / "checkpoint_last.pt")
+    return train_ar_teacher(toy_data, tmp_path_factory.mktemp("teacher"))

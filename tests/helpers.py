@@ -69,6 +69,22 @@ def train(data, save_dir, args, max_update=300, extra_env=None):
     return run(cmd, env=extra_env)
 
 
+AR_TEACHER_ARGS = [
+    "--task", "translation", "--arch", "transformer", "--share-all-embeddings",
+    "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
+    "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+    "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "20",
+    "--max-tokens", "2000", "--criterion", "cross_entropy", "--no-epoch-checkpoints",
+]
+
+
+def train_ar_teacher(data, save_dir, extra=(), max_update=150):
+    """A tiny autoregressive fairseq Transformer (task translation); returns checkpoint_last.pt."""
+    train(data, str(save_dir), [*AR_TEACHER_ARGS, *extra], max_update=max_update)
+    return str(save_dir / "checkpoint_last.pt")
+
+
 def generate(data, path, args=(), check=True, subset="test"):
     cmd = [cli("fairseq-generate"), data, "--user-dir", USER_DIR, "--path", path,
            "--gen-subset", subset, "--batch-size", "32", "--num-workers", "0", *args]

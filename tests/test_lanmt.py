@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import USER_DIR, generate, parse_hypotheses, preprocess, train
+from helpers import USER_DIR, generate, parse_hypotheses, preprocess, train, train_ar_teacher
 
 N_TEST = 60  # sentences in the toy test split
 NAR = ["--task", "nar_translation"]
@@ -58,17 +58,8 @@ def two_style_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def two_style_teacher(two_style_data, tmp_path_factory):
     """A tiny autoregressive fairseq Transformer on the two-style data (task translation)."""
-    save = tmp_path_factory.mktemp("two_style_teacher")
-    train(two_style_data, str(save), [
-        "--task", "translation", "--arch", "transformer", "--share-all-embeddings",
-        "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
-        "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-        "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
-        "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "20",
-        "--max-tokens", "2000", "--criterion", "cross_entropy", "--no-epoch-checkpoints",
-        "--disable-validation",
-    ], max_update=150)
-    return str(save / "checkpoint_last.pt")
+    return train_ar_teacher(two_style_data, tmp_path_factory.mktemp("two_style_teacher"),
+                            ["--disable-validation"])
 
 
 @pytest.fixture(scope="session")

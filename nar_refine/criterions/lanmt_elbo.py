@@ -29,7 +29,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
-from nar_refine.criterions.token_loss import item, log_terms, masked_token_loss
+from nar_refine.criterions.token_loss import log_accuracy, item, log_terms, masked_token_loss
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +138,7 @@ class LaNMTELBO(FairseqCriterion):
         log_terms(logging_outputs, ["loss", "nll_loss", "kl", "kl_loss"])
         log_terms(logging_outputs, ["length_loss"], "nsentences")
         log_terms(logging_outputs, ["kl_budget"], "nsentences", base2=False)
-        nsent = sum(log.get("nsentences", 0) for log in logging_outputs)
-        metrics.log_scalar("length_acc",
-                           sum(log.get("length_acc", 0) for log in logging_outputs) / max(nsent, 1),
-                           nsent, round=3)
+        log_accuracy(logging_outputs, "length_acc")
         metrics.log_derived("ppl", lambda m: 2 ** m["nll_loss"].avg)
 
     @staticmethod

@@ -14,7 +14,7 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from nar_refine.criterions.token_loss import item, log_terms, masked_token_loss
+from nar_refine.criterions.token_loss import log_accuracy, item, log_terms, masked_token_loss
 from nar_refine.models.refine_nat import RefinePlan
 from nar_refine.modules.corruption import corrupt, parse_corruptions
 
@@ -115,11 +115,8 @@ class RefineNATLoss(FairseqCriterion):
     def reduce_metrics(logging_outputs):
         keys = {k for log in logging_outputs for k in log if k.startswith("nll_pass_")}
         log_terms(logging_outputs, ["loss", "nll_loss"] + sorted(keys))
-        nsent = sum(log.get("nsentences", 0) for log in logging_outputs)
         log_terms(logging_outputs, ["length_loss"], "nsentences")
-        metrics.log_scalar("length_acc",
-                           sum(log.get("length_acc", 0) for log in logging_outputs) / max(nsent, 1),
-                           nsent, round=3)
+        log_accuracy(logging_outputs, "length_acc")
         metrics.log_derived("ppl", lambda m: 2 ** m["nll_loss"].avg)
 
     @staticmethod

@@ -29,5 +29,12 @@ def log_terms(logging_outputs, keys, denominator_key="sample_size", base2=True):
         metrics.log_scalar(key, total / max(denom, 1) / scale, denom, round=3)
 
 
+def log_accuracy(logging_outputs, key, denominator_key="nsentences"):
+    """Log a summed count (e.g. correctly predicted lengths) as a fraction of ``denominator_key``."""
+    denom = sum(log.get(denominator_key, 0) for log in logging_outputs)
+    total = sum(log.get(key, 0) for log in logging_outputs)
+    metrics.log_scalar(key, total / max(denom, 1), denom, round=3)
+
+
 def item(x):
     return x.item() if torch.is_tensor(x) else x

@@ -2,12 +2,6 @@
 
 from nar_refine.tasks.nar_translation import NARConfigError
 
-# decoding name -> model families that support it
-_SUPPORTED = {
-    "refine": ("refine_nat",),
-}
-
-
 def build_nar_generator(task, models, gen_args):
     """Pick and configure the generator named by ``--decoding`` for these models."""
     if len(models) != 1:
