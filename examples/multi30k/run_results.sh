@@ -2,10 +2,10 @@
 # The committed Multi30k results: every system trained for a fixed wall-time budget on this
 # 2-core CPU, two trainings at a time (one thread each), then scripts/benchmark.py.
 #
-# The NAT models train on the references (TRAIN_BIN=data-bin), not on distilled data: after
-# the ~30-minute CPU budget the teacher scores ~15 BLEU, and its beam-5 distillation of the
-# 29k training sentences alone would take ~30 more minutes of CPU. With a trained teacher run
-# distil.sh and drop TRAIN_BIN to train on distilled targets, as the paper does.
+# The NAT models train on the references (TRAIN_BIN=data-bin), not on distilled data: the
+# beam-5 distillation of the 29k training sentences takes ~20 more minutes of CPU, which this
+# session's budget could not spare before the NAT trainings (results/distil_cmlm.md has that run).
+# With more time run distil.sh and drop TRAIN_BIN to train on distilled targets, as the paper does.
 #
 # Usage: nohup examples/multi30k/run_results.sh > examples/multi30k/work/logs/results.log 2>&1 &
 # Budgets (hours) override with LANMT_H, CMLM_H, REFINE_H, SCORE_H, ENERGY_H.
