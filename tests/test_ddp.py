@@ -5,12 +5,9 @@ left out of a step fails training on several processes. Here one gloo process wr
 the way fairseq does (DDP inside ``ModuleProxyWrapper``) and runs two criterion steps.
 """
 
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.distributed import ModuleProxyWrapper
@@ -36,18 +33,6 @@ def build(data, family_args):
     criterion = task.build_criterion(cfg.criterion)
     itr = task.get_batch_iterator(task.dataset("train"), max_tokens=500, seed=1).next_epoch_itr(shuffle=False)
     return task, model, criterion, [next(itr), next(itr)]
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def _trainable(model):

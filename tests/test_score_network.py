@@ -317,27 +317,7 @@ def test_decoding_must_match_the_network(score_run, toy_data):
     assert proc.returncode != 0 and "does not match" in proc.stderr
 
 
-# -- DDP safety ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def process_group():
-    import os
-    import socket
-
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        yield
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
+# -- DDP safety (process_group: tests/conftest.py) ------------------------------------------------
 @pytest.mark.parametrize("arch", ["score_net_tiny", "energy_net_tiny"])
 def test_ddp_steps_use_every_trainable_parameter(toy_data, frozen_lanmt, process_group, arch):
     """fairseq's DDP (find_unused_parameters=False): two steps fail if one left a parameter out."""
