@@ -20,7 +20,7 @@ through ``task.inference_step``.
 
 Measured per system:
   * BLEU: sacreBLEU on detokenised output of the whole test set (batched run), cased, 13a; and
-    the papers' variant (lowercased, consecutive duplicate subword tokens removed), labelled.
+    the papers' variant (lowercased, consecutive duplicate words removed), labelled.
     Scoring is examples/multi30k/evaluate.py's.
   * latency: median wall time of ``task.inference_step`` at batch size 1 over the first N test
     sentences (``--latency-sentences``, after ``--warmup`` untimed sentences), ms per sentence.
@@ -473,8 +473,8 @@ def write_markdown(path, meta, rows, target_lines, plots):
     L.append("")
     L.append("* BLEU (cased, 13a): sacreBLEU on detokenised cased output against the raw reference, "
              f"`{next((r['bleu_signature'] for r in rows if r['status'] == 'ok'), '')}`.")
-    L.append("* papers' BLEU: the NAT papers' variant, hypothesis and reference lowercased, consecutive "
-             "duplicate subword tokens removed from the hypothesis, sacreBLEU 13a. Only comparable "
+    L.append("* papers' BLEU: the NAT papers' variant, hypothesis and reference lowercased, a word "
+             "repeated right after itself removed from the hypothesis (after joining subwords), sacreBLEU 13a. Only comparable "
              "with itself.")
     L.append("* Steps: CMLM iterations are decoder passes (fairseq `--iter-decode-max-iter` = "
              "iterations - 1); refine_nat steps are refinement passes after the first decoder "

@@ -2,7 +2,8 @@
 # One-command set-up on a fresh machine (Python 3.11, CPU only).
 # Creates a virtual environment (default: ./.venv, override with VENV=path) holding
 # torch 2.13.0 (CPU build), fairseq 0.12 (the fairseq-fixed build), sacrebleu,
-# sentencepiece, fastBPE, matplotlib, pytest, and nar_refine in editable mode.
+# sentencepiece, fastBPE + sacremoses (the --bpe fastbpe recipe), matplotlib, pytest, and
+# nar_refine in editable mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -19,7 +20,7 @@ $PIP install -q "torch==2.13.0" "cython" "numpy<2.3"
 # fairseq's own requirements, minus torchaudio (it would replace our torch; fairseq only
 # needs it for speech tasks).
 $PIP install -q cffi "hydra-core==1.3.2" "omegaconf==2.3.0" regex "sacrebleu>=2.0" tqdm \
-  bitarray scikit-learn packaging sentencepiece matplotlib pytest
+  bitarray scikit-learn packaging sentencepiece sacremoses matplotlib pytest
 # fastBPE and fairseq compile C++/Cython extensions against the packages above.
 $PIP install -q --no-build-isolation fastbpe
 if ! "$VENV/bin/python" -c "import fairseq" 2>/dev/null; then

@@ -4,7 +4,8 @@
 #   --bpe     subword model: sentencepiece (default, joint unigram ~8000) or fastbpe
 #             (joint BPE, 10k merges, on Moses-tokenised text)
 #   WORKDIR   default examples/multi30k/work (smoke: examples/multi30k/work-smoke)
-# Environment overrides: DATA (raw Multi30k dir), MAX_UPDATE, USER_DIR, THREADS.
+# Environment overrides: DATA (raw Multi30k dir), MAX_UPDATE, USER_DIR, THREADS, SPM_VOCAB,
+# BPE_MERGES.
 set -euo pipefail
 
 EXAMPLE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -59,10 +60,10 @@ if [ "$BPE" = sentencepiece ]; then POST=sentencepiece; else POST=subword_nmt; f
 # Model sizes: same for teacher and all NAT models (fair comparison), tiny for --smoke.
 if [ "$SMOKE" = 1 ]; then
   LAYERS=1; DIM=64; FFN=128; HEADS=2; MAX_TOKENS=1024
-  SMOKE_LINES=500; SPM_VOCAB=1000; BPE_MERGES=1000
+  SMOKE_LINES=500; SPM_VOCAB=${SPM_VOCAB:-1000}; BPE_MERGES=${BPE_MERGES:-1000}
 else
   LAYERS=3; DIM=256; FFN=1024; HEADS=4; MAX_TOKENS=4096
-  SMOKE_LINES=0; SPM_VOCAB=8000; BPE_MERGES=10000
+  SMOKE_LINES=0; SPM_VOCAB=${SPM_VOCAB:-8000}; BPE_MERGES=${BPE_MERGES:-10000}
 fi
 # Generation length limit: the smoke models are barely trained and would babble to 200 tokens.
 if [ "$SMOKE" = 1 ]; then GEN_ARGS=(--max-len-a 1.2 --max-len-b 10); else GEN_ARGS=(); fi

@@ -8,8 +8,8 @@ segmentation and reports two sacreBLEU scores, labelled:
 
   * "sacreBLEU (cased, detok, 13a)": standard sacreBLEU on detokenised cased text.
   * "papers' BLEU (lowercased, dedup)": the NAT papers' variant -- hypothesis and reference
-    lowercased and consecutive duplicate tokens removed from the hypothesis (on the model's
-    subword tokens, before they are joined), then sacreBLEU with tokenize 13a.
+    lowercased and consecutive duplicate words removed from the hypothesis (after the subwords
+    are joined, before Moses detokenisation), then sacreBLEU with tokenize 13a.
 
 Works with or without fairseq-generate --post-process/--remove-bpe (already-joined text is left
 as it is). --bpe fastbpe: removes "@@ " and Moses-detokenises (needs sacremoses).
@@ -52,16 +52,18 @@ class Decoder:
             self.detok = MosesDetokenizer(lang=lang)
 
     def __call__(self, text, remove_duplicates=False):
+        """Subword tokens -> text. ``remove_duplicates`` drops a word repeated right after itself,
+        on words (subwords joined first), so that a subword repeated inside a correct word
+        ("s@@ s@@") is never removed."""
         tokens = text.split()
+        if self.bpe == "sentencepiece" and any("\u2581" in t for t in tokens):
+            tokens = "".join(tokens).replace("\u2581", " ").split()  # pieces -> words
+        elif self.bpe == "fastbpe":
+            tokens = re.sub(r"@@( |$)", "", " ".join(tokens)).split()  # BPE -> Moses tokens
         if remove_duplicates:
             tokens = dedup(tokens)
-        if self.bpe == "sentencepiece":
-            if any("\u2581" in t for t in tokens):  # pieces: join and turn the markers into spaces
-                return "".join(tokens).replace("\u2581", " ").strip()
-            return " ".join(tokens)
         if self.bpe == "fastbpe":
-            words = re.sub(r"@@( |$)", "", " ".join(tokens)).split()
-            return self.detok.detokenize(words)
+            return self.detok.detokenize(tokens)
         return " ".join(tokens)
 
 

@@ -52,7 +52,7 @@ else
     # The fastbpe wheel has only the apply() binding; learning needs the C++ tool from its sdist.
     log "building the fastBPE command-line tool from the fastbpe sdist"
     mkdir -p "$WORK/fastbpe"
-    pip download --no-deps --no-binary :all: -d "$WORK/fastbpe" fastbpe==0.1.0 -q
+    python -m pip download --no-deps --no-binary :all: -d "$WORK/fastbpe" fastbpe==0.1.0 -q
     tar -xzf "$WORK/fastbpe"/fastBPE-0.1.0.tar.gz -C "$WORK/fastbpe"
     g++ -std=c++11 -pthread -O3 "$WORK/fastbpe/fastBPE-0.1.0/fastBPE/main.cc" \
       -I"$WORK/fastbpe/fastBPE-0.1.0/fastBPE" -o "$FAST"
@@ -70,7 +70,10 @@ for line in sys.stdin: print(t.tokenize(line.strip(), return_str=True, escape=Fa
   done; done
   if [ ! -s "$WORK/fastbpe/codes" ]; then
     log "learning $BPE_MERGES joint BPE merges"
-    "$FAST" learnbpe "$BPE_MERGES" "$WORK/tok/train.en" "$WORK/tok/train.de" > "$WORK/fastbpe/codes"
+    # fastBPE's learnbpe repeats merges once a small corpus runs out of pairs, and applybpe then
+    # aborts on the duplicate: keep each pair's first merge
+    "$FAST" learnbpe "$BPE_MERGES" "$WORK/tok/train.en" "$WORK/tok/train.de" \
+      | awk '!seen[$1 " " $2]++' > "$WORK/fastbpe/codes"
   fi
   for split in train valid test; do for l in $SRC $TGT; do
     [ -s "$WORK/bpe/$split.$l" ] && continue
