@@ -31,6 +31,7 @@ Clocks: time.perf_counter, with torch.cuda.synchronize() before each reading und
 
 Outputs in --out: results.md, results.json, latency_vs_length.png, bleu_vs_steps.png,
 bleu_vs_latency.png, hyps/SYSTEM.txt (detokenised hypotheses in test order).
+--replot redraws the three plots from --out/results.json without running anything.
 """
 
 import argparse
@@ -100,6 +101,8 @@ def get_parser():
                    help="comma-separated glob patterns of system ids to run (default all), e.g. 'ar.*,score.*'")
     p.add_argument("--require-all", action="store_true",
                    help="exit with status 1 when a checkpoint is missing (for the final table)")
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw the plots from OUT/results.json of an earlier run")
     # system settings
     p.add_argument("--ar-beams", type=int_list, default=[1, 5])
     p.add_argument("--ar-max-len-a", type=float, default=None, help="fairseq --max-len-a for the AR systems")
@@ -569,6 +572,7 @@ def make_plots(out, rows, length_bin):
         if r["family"] == "AR":
             ax.axhline(r["bleu"], ls=":" if r["key"] == "ar.beam5" else "-.", lw=1,
                        color="black" if r["key"] == "ar.beam5" else "gray", label=r["name"])
+    ax.set_ylim(0, max(r["bleu"] for r in ok) * 1.05 + 0.5)  # the AR lines too, not only the series
     if ticks:
         ax.set_xscale("log", base=2)
         kept = []
@@ -662,6 +666,13 @@ def resolve_paths(a):
 def main(argv=None):
     a = get_parser().parse_args(argv)
     ckpts = resolve_paths(a)
+    if a.replot:
+        results = Path(a.out) / "results.json"
+        if not results.is_file():
+            sys.exit(f"--replot: no {results} (run the benchmark first)")
+        plots = make_plots(a.out, json.loads(results.read_text())["systems"], a.length_bin)
+        print("redrew " + ", ".join(str(Path(a.out) / png) for _, png in plots))
+        return
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(a.threads))
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",

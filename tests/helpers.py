@@ -5,6 +5,7 @@ import random
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,11 +63,26 @@ def preprocess(raw, dest, extra=()):
     return dest
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def train(data, save_dir, args, max_update=300, extra_env=None):
     cmd = [cli("fairseq-train"), data, "--user-dir", USER_DIR, "--save-dir", save_dir,
            "--max-update", str(max_update), "--num-workers", "0", "--seed", "1",
            "--no-progress-bar", "--log-format", "simple", "--log-interval", "10", *args]
-    return run(cmd, env=extra_env)
+    proc = run(cmd, env=extra_env, check=False)
+    if proc.returncode == -6 and "done training in" in proc.stdout and TEARDOWN_ABORT in proc.stderr:
+        # Seen once in many hundred runs, on a loaded machine, with fairseq's own cmlm_transformer:
+        # a C++ thread aborts the interpreter's teardown after training finished and every
+        # checkpoint was written. Not ours to fix; the checkpoints are complete.
+        warnings.warn(f"fairseq-train aborted at exit after training finished ({TEARDOWN_ABORT})")
+        return proc
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
+        )
+    return proc
 
 
 AR_TEACHER_ARGS = [

@@ -95,6 +95,13 @@ def test_every_system_is_measured(work, toy_data):
     assert md.count("| energy inference (1 step) | ") == 1
     assert "missing checkpoint" not in md
     assert "score inference + latent search m=3" in proc.stdout  # fairseq-style progress lines
+    # --replot redraws the plots from results.json alone
+    for png in ("latency_vs_length.png", "bleu_vs_steps.png", "bleu_vs_latency.png"):
+        (out / png).unlink()
+    replot = run([sys.executable, SCRIPT, "--work", str(work), "--out", str(out), "--replot"])
+    assert "redrew" in replot.stdout and "[1/" not in replot.stdout  # nothing decoded
+    for png in ("latency_vs_length.png", "bleu_vs_steps.png", "bleu_vs_latency.png"):
+        assert (out / png).stat().st_size > 5000, png
 
 
 def test_missing_checkpoints_are_rows(toy_data, tmp_path):
