@@ -25,12 +25,18 @@ def run(cmd, check=True, env=None, timeout=1200, input=None):
     full_env.update(env or {})
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=full_env,
                           timeout=timeout, input=input)
-    if check and proc.returncode != 0:
+    if check:
+        check_ok(cmd, proc)
+    return proc
+
+
+def check_ok(cmd, proc):
+    """Fail with the command's output when it exited with an error."""
+    if proc.returncode != 0:
         raise AssertionError(
             f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
         )
-    return proc
 
 
 def write_toy_corpus(folder, n_train=2000, n_valid=100, n_test=60, vocab=24, min_len=3,
@@ -77,11 +83,7 @@ def train(data, save_dir, args, max_update=300, extra_env=None):
         # checkpoint was written. Not ours to fix; the checkpoints are complete.
         warnings.warn(f"fairseq-train aborted at exit after training finished ({TEARDOWN_ABORT})")
         return proc
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
-            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
-        )
+    check_ok(cmd, proc)
     return proc
 
 
