@@ -172,15 +172,17 @@ def build_systems(a, ckpts):
                           series="refine_nat (fixed steps)", passes=k + 1))
     out.append(System("lanmt.prior", "LaNMT, prior mean (no refinement)", "LaNMT", "lanmt",
                       nar + ["--decoding", "prior"], series="LaNMT delta (max steps)", passes=1))
-    for k in a.delta_steps:
-        out.append(System(f"lanmt.delta{k}", f"LaNMT, delta inference (<= {k} step{'s' * (k > 1)})", "LaNMT",
-                          "lanmt", nar + ["--decoding", "delta", "--iter-decode-max-iter", str(k)],
-                          series="LaNMT delta (max steps)", passes=k + 1, primary=k == max(a.delta_steps)))
-    for k in a.delta_steps:  # the paper's chain, without the ascent check
-        out.append(System(f"lanmt.delta{k}.plain", f"LaNMT, plain delta chain (<= {k} step{'s' * (k > 1)}, "
-                          f"no ascent check)", "LaNMT", "lanmt",
-                          nar + ["--decoding", "delta", "--iter-decode-max-iter", str(k), "--delta-no-ascent-check"],
-                          series="LaNMT plain delta (max steps)", passes=k + 1))
+    for plain in (False, True):  # with the ascent check (default), then the paper's plain chain
+        for k in a.delta_steps:
+            steps = f"<= {k} step{'s' * (k > 1)}"
+            out.append(System(
+                f"lanmt.delta{k}" + ".plain" * plain,
+                f"LaNMT, plain delta chain ({steps}, no ascent check)" if plain
+                else f"LaNMT, delta inference ({steps})", "LaNMT", "lanmt",
+                nar + ["--decoding", "delta", "--iter-decode-max-iter", str(k)]
+                + ["--delta-no-ascent-check"] * plain,
+                series=f"LaNMT {'plain ' * plain}delta (max steps)", passes=k + 1,
+                primary=not plain and k == max(a.delta_steps)))
     for m in a.search_sizes:
         out.append(System(f"lanmt.search{m}", f"LaNMT, latent search m={m} (delta <= {a.search_delta_steps}, "
                           f"teacher rescoring)", "LaNMT", "lanmt",
@@ -477,8 +479,8 @@ def write_markdown(path, meta, rows, target_lines, plots):
     L.append("* BLEU (cased, 13a): sacreBLEU on detokenised cased output against the raw reference, "
              f"`{next((r['bleu_signature'] for r in rows if r['status'] == 'ok'), '')}`.")
     L.append("* papers' BLEU: the NAT papers' variant, hypothesis and reference lowercased, a word "
-             "repeated right after itself removed from the hypothesis (after joining subwords), sacreBLEU 13a. Only comparable "
-             "with itself.")
+             "repeated right after itself removed from the hypothesis (after joining subwords), "
+             "sacreBLEU 13a. Only comparable with itself.")
     L.append("* Steps: CMLM iterations are decoder passes (fairseq `--iter-decode-max-iter` = "
              "iterations - 1); refine_nat steps are refinement passes after the first decoder "
              "(k steps = k + 1 decoder passes); delta steps are delta-posterior updates (at most k; "
