@@ -126,7 +126,8 @@ def main():
 
     old = os.path.join(args.out, "distill.json")
     if os.path.exists(old):  # resumed run: keep the timings of splits translated before
-        info["generate_seconds"] = json.load(open(old)).get("generate_seconds", {})
+        with open(old) as f:
+            info["generate_seconds"] = json.load(f).get("generate_seconds", {})
     t_start = time.time()
     for split in splits:
         n = count_sentences(args.data_bin, split, src, tgt)

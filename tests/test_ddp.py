@@ -5,7 +5,6 @@ left out of a step fails training on several processes. Here one gloo process wr
 the way fairseq does (DDP inside ``ModuleProxyWrapper``) and runs two criterion steps.
 """
 
-
 import pytest
 import torch
 from fairseq import options, tasks

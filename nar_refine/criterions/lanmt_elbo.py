@@ -29,7 +29,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
-from nar_refine.criterions.token_loss import log_accuracy, item, log_terms, masked_token_loss
+from nar_refine.criterions.token_loss import item, log_accuracy, log_terms, masked_token_loss
 
 logger = logging.getLogger(__name__)
 

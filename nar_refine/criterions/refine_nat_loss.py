@@ -14,7 +14,7 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from nar_refine.criterions.token_loss import log_accuracy, item, log_terms, masked_token_loss
+from nar_refine.criterions.token_loss import item, log_accuracy, log_terms, masked_token_loss
 from nar_refine.models.refine_nat import RefinePlan
 from nar_refine.modules.corruption import corrupt, parse_corruptions
 
