@@ -2,17 +2,17 @@
 # Step 2: autoregressive Transformer teacher (also the AR baseline for speed/BLEU).
 #   WORK/data-bin -> WORK/checkpoints/teacher/checkpoint_best.pt (+ checkpoint_last.pt, DONE)
 # Usage: teacher.sh [--smoke] [WORKDIR] [-- extra fairseq-train args]
-# Budget: about 30 min on ONE CPU thread. Measured on the shared 2-core machine: ~3.7 s per
-# update (max-tokens 4096, ~3400 target tokens per batch, ~900 tokens/s), so 500 updates
-# (~3.7 epochs). With so few updates, warmup 1000 / lr 5e-4 / dropout 0.3 never reach a useful
-# learning rate and underfit: defaults are warmup 200, peak lr 1e-3, dropout 0.1.
-# Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT (e.g. MAX_UPDATE=20000 LR=5e-4 WARMUP=1000
-# DROPOUT=0.3 for a longer, better run on a bigger machine).
+# Trains until validation stops improving: validation every epoch (~136 updates of 4096
+# tokens), stop after PATIENCE epochs without a better valid loss, or at MAX_UPDATE.
+# Recipe (4+4 layers d=128, lr 2e-3, warmup 300): a 2-thread run of it reached 34.5
+# sacreBLEU on test2016 after 1,339 updates (33 min); dropout 0.2 since it trains longer.
+# Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT, PATIENCE.
 source "$(dirname "$0")/common.sh"
-if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; else MAX_UPDATE=${MAX_UPDATE:-500}; fi
-if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-200}; fi
-LR=${LR:-1e-3}
-DROPOUT=${DROPOUT:-0.1}
+if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; else MAX_UPDATE=${MAX_UPDATE:-6000}; fi
+if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-300}; fi
+LR=${LR:-2e-3}
+DROPOUT=${DROPOUT:-0.2}
+PATIENCE=${PATIENCE:-5}
 
 train "$WORK/checkpoints/teacher" "$BIN" \
   --arch transformer --share-all-embeddings "${MODEL_ARGS[@]}" \
@@ -21,5 +21,5 @@ train "$WORK/checkpoints/teacher" "$BIN" \
   --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 0.0 \
   --lr $LR --lr-scheduler inverse_sqrt --warmup-updates $WARMUP --warmup-init-lr 1e-07 \
   --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE \
-  --no-epoch-checkpoints --seed 1 --num-workers 0 \
+  --no-epoch-checkpoints --patience $PATIENCE --seed 1 --num-workers 0 \
   --log-format simple --log-interval 50 "${EXTRA_ARGS[@]}"
