@@ -11,7 +11,7 @@ import os
 import torch
 from fairseq import checkpoint_utils, tasks
 
-from nar_refine.tasks.nar_translation import NARConfigError
+from nar_refine.errors import NARConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -18,13 +18,11 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from nar_refine.errors import NARConfigError  # noqa: F401  (re-exported for old imports)
+
 logger = logging.getLogger(__name__)
 
 DECODING_CHOICES = ChoiceEnum(["auto", "refine", "prior", "delta", "score", "energy"])
-
-
-class NARConfigError(ValueError):
-    """A wrong combination of task, model, generator or inputs, explained to the user."""
 
 
 @dataclass
