@@ -69,6 +69,23 @@ else
 fi
 # Generation length limit: the smoke models are barely trained and would babble to 200 tokens.
 if [ "$SMOKE" = 1 ]; then GEN_ARGS=(--max-len-a 1.2 --max-len-b 10); else GEN_ARGS=(); fi
+# Checkpoint selection by validation BLEU, as the reference codes select their models
+# (fairseq-train --task nar_translation only). Each validation decodes the valid set with the
+# model's own generator (--decoding auto, fairseq-generate's defaults; a script may append
+# e.g. --eval-bleu-args '{"iter_decode_max_iter": 4}', keys: fairseq-train --help of the task)
+# and scores it as evaluate.py's first score: subwords joined back into text (sentencepiece;
+# fastBPE: "@@ " removed, then Moses-detokenised), cased sacreBLEU with tokenize 13a. The
+# references are the binarised valid targets, the real ones (distil.sh distils train only).
+# checkpoint_best.pt then holds the best valid BLEU. Not for train_cmlm.sh: fairseq 0.12's
+# translation_lev task never decodes in validation (its valid_step only runs the loss), so it
+# logs no bleu and --best-checkpoint-metric bleu fails.
+if [ "$BPE" = sentencepiece ]; then
+  EVAL_BLEU_ARGS=(--eval-bleu --eval-bleu-remove-bpe sentencepiece)
+else
+  EVAL_BLEU_ARGS=(--eval-bleu --eval-bleu-remove-bpe subword_nmt
+    --eval-bleu-detok moses --eval-bleu-detok-args "{\"target_lang\": \"$TGT\"}")
+fi
+EVAL_BLEU_ARGS+=(--best-checkpoint-metric bleu --maximize-best-checkpoint-metric)
 MODEL_ARGS=(--encoder-layers $LAYERS --decoder-layers $LAYERS
   --encoder-embed-dim $DIM --decoder-embed-dim $DIM
   --encoder-ffn-embed-dim $FFN --decoder-ffn-embed-dim $FFN
