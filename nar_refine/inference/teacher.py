@@ -48,6 +48,13 @@ class TeacherScorer:
         cfg = state["cfg"]
         if getattr(cfg.model, "_name", None) is None and getattr(cfg.model, "arch", None) is None:
             raise NARConfigError(f"--teacher-path {path}: not a fairseq model checkpoint")
+        pairs = [(getattr(c, "source_lang", None), getattr(c, "target_lang", None))
+                 for c in (cfg.task, task.cfg)]
+        if None not in pairs[0] + pairs[1] and pairs[0] != pairs[1]:
+            raise NARConfigError(
+                f"--teacher-path {path} translates {'-'.join(pairs[0])} but this task is "
+                f"{'-'.join(pairs[1])}: the teacher's languages (and so its dictionaries) do not "
+                f"match this task's; train the teacher on this task's data-bin")
         data = str(cfg.task.data).split(os.pathsep)[0] if cfg.task.data else ""
         verified = os.path.isdir(data)
         if not verified:
@@ -60,6 +67,11 @@ class TeacherScorer:
                 setattr(cfg.task, key, getattr(task.cfg, key))
         try:
             teacher_task = tasks.setup_task(cfg.task)
+        except FileNotFoundError as err:  # dict.<lang>.txt of the teacher's languages
+            raise NARConfigError(
+                f"--teacher-path {path}: its dictionaries or languages do not match this task's "
+                f"({err.filename or err} is missing); the teacher must be trained on this task's "
+                f"data-bin ({task.cfg.source_lang}-{task.cfg.target_lang})") from err
         except Exception as err:  # fairseq raises bare Exceptions here
             raise NARConfigError(f"--teacher-path {path}: cannot set up its task "
                                  f"{getattr(cfg.task, '_name', '?')} from {data}: {err}") from err
