@@ -7,6 +7,10 @@
 # CKPT_NAME (checkpoint folder under WORK/checkpoints, default cmlm; e.g. CKPT_NAME=cmlm_distil for a variant).
 # Budget: 500 updates or STOP_HOURS (default 0.5) of cumulative training wall time, whichever
 # comes first (fairseq --stop-time-hours; the shared machine is slower when others use it).
+# checkpoint_best.pt is selected by validation loss, not BLEU: EVAL_BLEU_ARGS (common.sh) does
+# not apply here, since fairseq 0.12's translation_lev task never decodes in validation (its
+# valid_step only computes the loss), so --eval-bleu logs no bleu and
+# --best-checkpoint-metric bleu stops with KeyError: 'bleu' (checked on the toy data).
 source "$(dirname "$0")/common.sh"
 [ -s "$TRAIN_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $TRAIN_BIN: run distil.sh first (or set TRAIN_BIN)" >&2; exit 1; }
 if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; else MAX_UPDATE=${MAX_UPDATE:-500}; fi

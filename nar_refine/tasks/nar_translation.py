@@ -7,16 +7,35 @@ fairseq's own iterative-decoding flags are reused where they mean the same thing
 ``--iter-decode-max-iter`` (refinement / delta steps), ``--iter-decode-force-max-iter``
 (no early stop), ``--iter-decode-with-beam`` (length beam), ``--retain-iter-history`` and
 ``--print-step``.
+
+Checkpoint selection by validation BLEU (``fairseq-train --eval-bleu``, with the companion
+options of fairseq's ``translation`` task: ``--eval-bleu-args``, ``--eval-bleu-detok``,
+``--eval-bleu-remove-bpe``, ``--eval-tokenized-bleu``, ``--eval-bleu-print-samples``): every
+validation decodes with the model's own generator, the one ``fairseq-generate`` would build
+(``--decoding``, default auto), configured by the JSON of ``--eval-bleu-args`` (fairseq's
+``iter_decode_*`` options and this task's decoding options, e.g.
+``{"iter_decode_max_iter": 4}`` or ``{"decoding": "prior"}``); ``bleu`` (from summed n-gram
+counts, as fairseq's translation task) and ``decode_steps`` (mean refinement steps per
+sentence) join the validation log, and ``--best-checkpoint-metric bleu
+--maximize-best-checkpoint-metric`` makes checkpoint_best.pt follow BLEU.
 """
 
+import copy
+import json
 import logging
-from dataclasses import dataclass, field
+from argparse import Namespace
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import torch
+from fairseq import metrics
+from fairseq.data import encoders
 from fairseq.dataclass import ChoiceEnum
-from fairseq.tasks import register_task
+from fairseq.dataclass.configs import GenerationConfig
+from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from nar_refine.errors import NARConfigError  # noqa: F401  (re-exported for old imports)
 
@@ -89,6 +108,65 @@ class NARTranslationConfig(TranslationConfig):
     )
 
 
+# fairseq-generate options that nar_translation's generators read (with fairseq's defaults)
+GENERATION_KEYS = ("iter_decode_max_iter", "iter_decode_force_max_iter",
+                   "iter_decode_with_beam")
+# options of this task that build the model rather than configure its decoding
+MODEL_KEYS = ("lanmt_path",)
+
+
+def decoding_option_names():
+    """The task's own decoding options (NARTranslationConfig minus fairseq's translation data
+    options and the model-building ones): keys that ``--eval-bleu-args`` may set."""
+    inherited = {f.name for f in fields(TranslationConfig)}
+    return sorted(f.name for f in fields(NARTranslationConfig)
+                  if f.name not in inherited and f.name not in MODEL_KEYS)
+
+
+def parse_eval_bleu_args(task_cfg):
+    """``--eval-bleu-args`` JSON -> (generation Namespace, task config with the decoding options).
+
+    Keys are checked against what the generators read and values against the options' types,
+    as fairseq-generate's own parser would check them: :class:`NARConfigError` otherwise.
+    """
+    text = task_cfg.eval_bleu_args or "{}"
+    try:
+        given = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise NARConfigError(f"--eval-bleu-args is not valid JSON ({err}): {text}") from None
+    if not isinstance(given, dict):
+        raise NARConfigError(f"--eval-bleu-args wants a JSON object of options, got {text}")
+    task_keys = decoding_option_names()
+    unknown = sorted(set(given) - set(GENERATION_KEYS) - set(task_keys))
+    if unknown:
+        raise NARConfigError(
+            f"--eval-bleu-args: unknown key(s) {unknown}; the nar_translation generators read "
+            f"fairseq-generate's {list(GENERATION_KEYS)} and this task's {task_keys}"
+        )
+    gen_values = {k: v for k, v in given.items() if k in GENERATION_KEYS}
+    task_values = {k: v for k, v in given.items() if k in task_keys}
+    gen = _checked_merge(OmegaConf.structured(GenerationConfig), gen_values)
+    if gen.iter_decode_max_iter < 0 or gen.iter_decode_with_beam < 1:
+        raise NARConfigError(
+            f"--eval-bleu-args: iter_decode_max_iter must be >= 0 and iter_decode_with_beam "
+            f">= 1, got {text}"
+        )
+    base = task_cfg if isinstance(task_cfg, DictConfig) else OmegaConf.structured(task_cfg)
+    cfg = _checked_merge(copy.deepcopy(base), task_values)
+    return Namespace(**{k: gen[k] for k in gen_values}), cfg
+
+
+def _checked_merge(cfg, values):
+    """cfg with ``values`` set one key at a time, a type error naming its key."""
+    for key, value in values.items():
+        try:
+            cfg = OmegaConf.merge(cfg, {key: value})
+        except OmegaConfBaseException as err:
+            reason = str(err).splitlines()[0]
+            raise NARConfigError(f"--eval-bleu-args: bad value for {key}: {reason}") from None
+    return cfg
+
+
 @register_task("nar_translation", dataclass=NARTranslationConfig)
 class NARTranslationTask(TranslationTask):
     """Translation with non-autoregressive latent-variable / refinement models."""
@@ -96,14 +174,69 @@ class NARTranslationTask(TranslationTask):
     cfg: NARTranslationConfig
 
     def build_model(self, cfg, from_checkpoint=False):
-        model = super().build_model(cfg, from_checkpoint)
+        # FairseqTask's build, not TranslationTask's: that one would build a validation
+        # generator for every model built with this task, the frozen LaNMT that a score_net
+        # loads inside its own build_model too; here only the outermost model gets one.
+        depth = getattr(self, "_model_build_depth", 0)
+        self._model_build_depth = depth + 1
+        try:
+            model = FairseqTask.build_model(self, cfg, from_checkpoint)
+        finally:
+            self._model_build_depth = depth
         if not getattr(model, "is_nar_refine_model", False):
             raise NARConfigError(
                 f"task nar_translation trains nar_refine models (refine_nat, lanmt, "
                 f"score_net/energy_net); got {type(model).__name__}. Use --task translation "
                 f"for autoregressive models or --task translation_lev for fairseq's CMLM/NAT."
             )
+        if self.cfg.eval_bleu and depth == 0:
+            detok_args = json.loads(self.cfg.eval_bleu_detok_args or "{}")
+            self.tokenizer = encoders.build_tokenizer(
+                Namespace(tokenizer=self.cfg.eval_bleu_detok, **detok_args))
+            self.sequence_generator = self.build_validation_generator(model)
         return model
+
+    def build_validation_generator(self, model):
+        """The generator ``fairseq-generate`` would build for ``model`` (``--decoding``),
+        with the options of ``--eval-bleu-args`` (see :func:`parse_eval_bleu_args`)."""
+        gen_args, decoding_cfg = parse_eval_bleu_args(self.cfg)
+        # the generator builders read the task's decoding options from self.cfg
+        task_cfg, self.cfg = self.cfg, decoding_cfg
+        try:
+            generator = self.build_generator([model], gen_args)
+        except NARConfigError as err:
+            raise NARConfigError(
+                f"validation BLEU (--eval-bleu-args {task_cfg.eval_bleu_args}): {err}") from None
+        finally:
+            self.cfg = task_cfg
+        logger.info("validation BLEU decodes with %s, --decoding %s, --eval-bleu-args %s",
+                    type(generator).__name__, decoding_cfg.decoding, task_cfg.eval_bleu_args)
+        return generator
+
+    def valid_step(self, sample, model, criterion):
+        """Validation loss and, with ``--eval-bleu``, BLEU n-gram counts of the model's own
+        decoding (fairseq's translation task) plus its refinement steps. The generators
+        switch the model to eval mode; the mode it came in is restored."""
+        was_training = model.training
+        self._decode_steps = None
+        try:
+            loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
+        finally:
+            model.train(was_training)
+        if self.cfg.eval_bleu and self._decode_steps is not None:
+            logging_output["_decode_steps"], logging_output["_decode_sents"] = self._decode_steps
+        return loss, sample_size, logging_output
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        sents = sum(log.get("_decode_sents", 0) for log in logging_outputs)
+        if sents > 0:
+            steps = sum(log.get("_decode_steps", 0) for log in logging_outputs)
+            metrics.log_scalar("_decode_steps", steps)
+            metrics.log_scalar("_decode_sents", sents)
+            metrics.log_derived(
+                "decode_steps",
+                lambda meters: round(meters["_decode_steps"].sum / meters["_decode_sents"].sum, 2))
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         # Criteria with schedules (the KL budget) need the update number.
@@ -122,7 +255,10 @@ class NARTranslationTask(TranslationTask):
             raise NARConfigError("nar_translation decoders do not support prefixes or constraints")
         self.check_sources(sample)
         with torch.no_grad():
-            return generator.generate(models, sample)
+            hypos = generator.generate(models, sample)
+        # (total refinement steps, sentences), logged by valid_step as decode_steps
+        self._decode_steps = (sum(int(h[0].get("steps", 0)) for h in hypos), len(hypos))
+        return hypos
 
     def check_sources(self, sample):
         """Refuse empty source lines with the ids to fix, instead of an obscure failure."""
