@@ -5,8 +5,9 @@ fairseq models evaluated with the plugin loaded:
 
 * a ``--path`` that is missing, not a PyTorch file (e.g. a text file), or a PyTorch file that
   is not a fairseq checkpoint: :class:`NARConfigError` naming the file;
-* ``fairseq-interactive`` input that is not UTF-8: the line is named, reported and skipped
-  (an empty line, which the task answers with a message), and interactive use goes on.
+* ``fairseq-interactive`` input that is not UTF-8: the line is named and reported, and
+  replaced by an empty line (which nar_translation answers with an empty hypothesis, without
+  a second message: see ``reported_input_lines``), and interactive use goes on.
 """
 
 import functools
@@ -20,6 +21,10 @@ from nar_refine.errors import NARConfigError
 logger = logging.getLogger(__name__)
 
 _PATCH_FLAG = "_nar_refine_input_check"
+
+# numbers (1-based) of fairseq-interactive input lines already reported here, so that the task
+# does not report the empty line that replaces them a second time
+reported_input_lines = set()
 
 
 def _patch(module, name, make):
@@ -47,12 +52,33 @@ def checked_checkpoint_loader(original):
                 raise
             raise NARConfigError(f"{path} is not a PyTorch checkpoint file, or it is truncated "
                                  f"(torch.load: {err})") from err
+        except (KeyError, TypeError, IndexError, AttributeError) as err:
+            # fairseq upgrades what torch.load returned before handing it back: a PyTorch file
+            # that is not a checkpoint (e.g. a bare state dict) fails there on a missing entry
+            if has_model_entry(path):
+                raise
+            raise NARConfigError(not_a_checkpoint(path)) from err
         if not isinstance(state, dict) or "model" not in state:
-            raise NARConfigError(f"{path} is a PyTorch file but not a fairseq checkpoint "
-                                 f"(no 'model' entry); give a checkpoint written by fairseq-train")
+            raise NARConfigError(not_a_checkpoint(path))
         return state
 
     return load_checkpoint_to_cpu
+
+
+def not_a_checkpoint(path):
+    return (f"{path} is a PyTorch file but not a fairseq checkpoint (no 'model' entry); give a "
+            f"checkpoint written by fairseq-train")
+
+
+def has_model_entry(path):
+    """Whether ``path`` holds a dict with a 'model' entry (looked at only after fairseq failed)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001  (unreadable: let fairseq's own error stand)
+        return True
+    return isinstance(state, dict) and "model" in state
 
 
 def checked_model_loader(original):
@@ -69,7 +95,7 @@ def checked_model_loader(original):
 
 def utf8_lines(path):
     """Lines of ``path`` ('-' = stdin) decoded one by one; a non-UTF-8 line is reported and
-    replaced by an empty line (the task then says it has nothing to translate)."""
+    replaced by an empty line (nar_translation answers it with an empty hypothesis)."""
     stream = sys.stdin.buffer if path == "-" else open(path, "rb")
     try:
         for number, raw in enumerate(stream, 1):
@@ -78,8 +104,11 @@ def utf8_lines(path):
             except UnicodeDecodeError as err:
                 bad = raw[err.start:err.start + 1].hex()
                 where = "standard input" if path == "-" else path
+                sys.stdout.flush()
                 print(f"nar_refine: error: {where} line {number} is not UTF-8 (byte 0x{bad} at "
-                      f"column {err.start + 1}); line skipped", file=sys.stderr, flush=True)
+                      f"column {err.start + 1}); replaced by an empty line", file=sys.stderr,
+                      flush=True)
+                reported_input_lines.add(number)
                 yield ""
     finally:
         if stream is not sys.stdin.buffer:

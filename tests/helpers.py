@@ -135,3 +135,16 @@ def log_value(line, key):
 def log_lines(log, kind):
     """fairseq log lines of one kind: 'train_inner', 'train', 'valid'."""
     return [l for l in log.splitlines() if f"| {kind} |" in l]
+
+
+def assert_user_error(proc, *phrases, status=2):
+    """A plugin usage error as the CLIs show it: exit ``status`` (2, as argparse), exactly one
+    ``nar_refine: error:`` line on stderr that contains every phrase, and no traceback.
+    Returns that line."""
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("nar_refine: error:")]
+    assert proc.returncode == status and len(errors) == 1, (
+        f"exit {proc.returncode}, {len(errors)} error line(s):\n{proc.stderr[-4000:]}")
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    for phrase in phrases:
+        assert phrase in errors[0], f"{phrase!r} not in: {errors[0]}"
+    return errors[0]

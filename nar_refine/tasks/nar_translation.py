@@ -23,13 +23,16 @@ sentence) join the validation log, and ``--best-checkpoint-metric bleu
 import copy
 import json
 import logging
+import os
+import sys
 from argparse import Namespace
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import torch
-from fairseq import metrics
-from fairseq.data import encoders
+import torch.distributed as dist
+from fairseq import metrics, utils
+from fairseq.data import LanguagePairDataset, encoders
 from fairseq.dataclass import ChoiceEnum
 from fairseq.dataclass.configs import GenerationConfig
 from fairseq.tasks import FairseqTask, register_task
@@ -37,6 +40,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from nar_refine import input_checks
 from nar_refine.errors import NARConfigError  # noqa: F401  (re-exported for old imports)
 
 logger = logging.getLogger(__name__)
@@ -104,6 +108,14 @@ class NARTranslationConfig(TranslationConfig):
         metadata={
             "help": "score/energy models: use this LaNMT checkpoint instead of the path "
             "recorded in the inference network (e.g. after moving files)"
+        },
+    )
+    truncate_long_inputs: bool = field(
+        default=False,
+        metadata={
+            "help": "fairseq-interactive / Python API: translate the first tokens of a line "
+            "longer than the model's source positions (with a warning naming the line); by "
+            "default such a line is reported and answered with an empty hypothesis"
         },
     )
 
@@ -178,6 +190,8 @@ class NARTranslationTask(TranslationTask):
         # generator for every model built with this task, the frozen LaNMT that a score_net
         # loads inside its own build_model too; here only the outermost model gets one.
         depth = getattr(self, "_model_build_depth", 0)
+        if depth == 0 and not from_checkpoint:  # training builds a fresh model
+            refuse_lone_launched_process()
         self._model_build_depth = depth + 1
         try:
             model = FairseqTask.build_model(self, cfg, from_checkpoint)
@@ -189,6 +203,9 @@ class NARTranslationTask(TranslationTask):
                 f"score_net/energy_net); got {type(model).__name__}. Use --task translation "
                 f"for autoregressive models or --task translation_lev for fairseq's CMLM/NAT."
             )
+        if depth == 0:  # the source limit of lines given for translation
+            self.model_max_positions = utils.resolve_max_positions(
+                getattr(self, "model_max_positions", None), model.max_positions())
         if self.cfg.eval_bleu and depth == 0:
             detok_args = json.loads(self.cfg.eval_bleu_detok_args or "{}")
             self.tokenizer = encoders.build_tokenizer(
@@ -253,21 +270,149 @@ class NARTranslationTask(TranslationTask):
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         if constraints is not None or prefix_tokens is not None:
             raise NARConfigError("nar_translation decoders do not support prefixes or constraints")
-        self.check_sources(sample)
-        with torch.no_grad():
-            hypos = generator.generate(models, sample)
-        # (total refinement steps, sentences), logged by valid_step as decode_steps
-        self._decode_steps = (sum(int(h[0].get("steps", 0)) for h in hypos), len(hypos))
-        return hypos
-
-    def check_sources(self, sample):
-        """Refuse empty source lines with the ids to fix, instead of an obscure failure."""
-        src = sample["net_input"]["src_tokens"]
-        special = src.eq(self.src_dict.pad()) | src.eq(self.src_dict.eos()) | src.eq(self.src_dict.bos())
-        empty = (~special).sum(1).eq(0)
-        if empty.any():
+        empty = self.empty_sources(sample)
+        if empty.any() and not is_input_lines_batch(sample):
             ids = sample["id"][empty].tolist()
             raise NARConfigError(
                 f"empty source line(s) at sample id(s) {ids}: a non-autoregressive model "
                 f"cannot predict a length from nothing; remove or fill these lines"
             )
+        with torch.no_grad():
+            hypos = self._generate_nonempty(generator, models, sample, empty)
+        # (total refinement steps, sentences), logged by valid_step as decode_steps
+        self._decode_steps = (sum(int(h[0].get("steps", 0)) for h in hypos), len(hypos))
+        return hypos
+
+    def empty_sources(self, sample):
+        """Rows of the batch with no token besides <pad>, </s> and <s> (bool, B)."""
+        src = sample["net_input"]["src_tokens"]
+        d = self.src_dict
+        return ~(src.ne(d.pad()) & src.ne(d.eos()) & src.ne(d.bos())).any(1)
+
+    def _generate_nonempty(self, generator, models, sample, empty):
+        """Decode the non-empty rows; an empty row (reported when its line was read, see
+        :meth:`build_dataset_for_inference`) gets an empty hypothesis in its place."""
+        if not empty.any():
+            return generator.generate(models, sample)
+        keep = (~empty).nonzero().squeeze(1)
+        hypos = iter([])
+        if keep.numel() > 0:
+            net = sample["net_input"]
+            sub = {"net_input": {"src_tokens": net["src_tokens"].index_select(0, keep),
+                                 "src_lengths": net["src_lengths"].index_select(0, keep)}}
+            if "id" in sample:
+                sub["id"] = sample["id"].index_select(0, keep)
+            hypos = iter(generator.generate(models, sub))
+        eos = self.tgt_dict.eos()
+        return [[empty_hypothesis(eos, sample["net_input"]["src_tokens"])] if is_empty
+                else next(hypos) for is_empty in empty.tolist()]
+
+    def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        """Lines given for translation (fairseq-interactive, the Python API), padded as this
+        task pads its data (fairseq's default would pad them on the left).
+
+        Each line is checked here, before fairseq's size filter, so that one bad line does not
+        end the run: an empty line and a line longer than the source positions of the model
+        are reported on stderr (one ``nar_refine: error:`` line each, naming the line) and
+        answered with an empty hypothesis (:meth:`inference_step`); with
+        ``--truncate-long-inputs`` a long line is cut to the limit, with a warning, and
+        translated. A non-UTF-8 line reaches here empty, already reported by input_checks.
+        """
+        interactive = "fairseq_cli.interactive" in sys.modules
+        first = getattr(self, "_input_lines_read", 0) if interactive else 0
+        self._input_lines_read = first + len(src_tokens)
+        limit, limit_by = self.source_position_limit()
+        d = self.src_dict
+        tokens, lengths = [], []
+        for index, line in enumerate(src_tokens):
+            number = first + index + 1
+            where = (f"input line {number} (S-{number - 1})" if interactive
+                     else f"sentence {index} (0-based) of this call")
+            words = int((line.ne(d.pad()) & line.ne(d.eos()) & line.ne(d.bos())).sum())
+            if words == 0:
+                if not (interactive and number in input_checks.reported_input_lines):
+                    user_message("error", f"{where} is empty: a non-autoregressive model cannot "
+                                 f"predict a length from nothing; its hypothesis is left empty")
+            elif limit is not None and line.numel() > limit:
+                if self.cfg.truncate_long_inputs:
+                    user_message("warning", f"{where} has {line.numel()} tokens (with </s>), "
+                                 f"more than {limit_by} {limit}; translating its first "
+                                 f"{limit - 1} tokens (--truncate-long-inputs)")
+                    line = torch.cat([line[:limit - 1], line.new_tensor([d.eos()])])
+                else:
+                    user_message("error", f"{where} has {line.numel()} tokens (with </s>), more "
+                                 f"than {limit_by} {limit}; not translated (its hypothesis is "
+                                 f"left empty): split the line, or pass --truncate-long-inputs "
+                                 f"to translate its first {limit - 1} tokens")
+                    line = line.new_tensor([d.eos()])
+            tokens.append(line)
+            lengths.append(line.numel())
+        return InputLinesDataset(tokens, lengths, d, tgt_dict=self.tgt_dict,
+                                 left_pad_source=self.cfg.left_pad_source,
+                                 constraints=constraints)
+
+    def source_position_limit(self):
+        """(most source tokens with </s>, what sets it): the smaller of the loaded model's
+        ``max_positions()`` (recorded by :meth:`build_model`) and ``--max-source-positions``."""
+        model_limit = getattr(self, "model_max_positions", None)
+        model_limit = model_limit[0] if isinstance(model_limit, tuple) else model_limit
+        task_limit = self.cfg.max_source_positions
+        if model_limit is not None and (task_limit is None or model_limit <= task_limit):
+            return model_limit, "the model's limit of"
+        return task_limit, "the --max-source-positions limit of"
+
+
+INPUT_LINES_KEY = "nar_input_lines"
+
+
+class InputLinesDataset(LanguagePairDataset):
+    """Source lines given for translation; its batches say so (``INPUT_LINES_KEY``), so that
+    :meth:`NARTranslationTask.inference_step` answers an empty line instead of refusing it."""
+
+    def collater(self, samples, pad_to_length=None):
+        batch = super().collater(samples, pad_to_length=pad_to_length)
+        if batch:
+            batch[INPUT_LINES_KEY] = True
+        return batch
+
+
+def is_input_lines_batch(sample):
+    """True for lines given for translation: fairseq-interactive (its batches carry no ids)
+    and the Python API (:class:`InputLinesDataset`); False for dataset splits."""
+    return "id" not in sample or bool(sample.get(INPUT_LINES_KEY, False))
+
+
+def empty_hypothesis(eos, like):
+    """The hypothesis of a line that was not translated: no token, score -inf."""
+    return {"tokens": like.new_tensor([eos]), "positional_scores": torch.zeros(1),
+            "score": float("-inf"), "alignment": None, "attention": None, "steps": 0}
+
+
+def user_message(kind, text):
+    """One line on stderr for the user of a CLI (``nar_refine: error: ...``), run going on."""
+    sys.stdout.flush()  # keep the order of S-/H- lines and messages on a terminal
+    print(f"nar_refine: {kind}: {text}", file=sys.stderr, flush=True)
+
+
+def refuse_lone_launched_process():
+    """A launcher (torchrun, torch.distributed.launch) started several processes, but fairseq
+    did not join them (distributed world size 1): each would train its own model into the
+    same --save-dir. Refuse with the command that works."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE") or 1)
+    except ValueError:
+        return
+    if world <= 1 or (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    raise NARConfigError(
+        f"this process was launched as rank {os.environ.get('RANK', '?')} of WORLD_SIZE={world} "
+        f"(torchrun / torch.distributed.launch), but fairseq trains in it alone (distributed "
+        f"world size 1: --cpu, --distributed-world-size 1, or fewer GPUs than processes), so "
+        f"{world} processes would train {world} separate models and overwrite each other's "
+        f"checkpoints. Training with several CPU processes is not supported by fairseq 0.12: "
+        f"run one process. On one node with N GPUs run fairseq-train itself, without a launcher "
+        f"(it starts one process per visible GPU; --distributed-world-size N); on several nodes "
+        f"run torchrun --nnodes M --nproc_per_node G ... $(which fairseq-train) ... "
+        f"--distributed-world-size M*G, without --cpu (fairseq then joins the processes through "
+        f"torchrun's WORLD_SIZE, RANK, MASTER_ADDR)"
+    )
