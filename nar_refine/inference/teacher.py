@@ -10,6 +10,7 @@ import os
 
 import torch
 from fairseq import checkpoint_utils, tasks
+from fairseq.data import data_utils
 
 from nar_refine.errors import NARConfigError
 
@@ -50,7 +51,11 @@ class TeacherScorer:
             raise NARConfigError(f"--teacher-path {path}: not a fairseq model checkpoint")
         pairs = [(getattr(c, "source_lang", None), getattr(c, "target_lang", None))
                  for c in (cfg.task, task.cfg)]
-        if None not in pairs[0] + pairs[1] and pairs[0] != pairs[1]:
+        teacher_data = str(cfg.task.data).split(os.pathsep)[0] if cfg.task.data else ""
+        if None in pairs[0] and os.path.isdir(teacher_data):
+            # fairseq infers the pair from the data dir's file names and does not store it
+            pairs[0] = tuple(data_utils.infer_language_pair(teacher_data))
+        if None not in pairs[0] + pairs[1] and tuple(pairs[0]) != tuple(pairs[1]):
             raise NARConfigError(
                 f"--teacher-path {path} translates {'-'.join(pairs[0])} but this task is "
                 f"{'-'.join(pairs[1])}: the teacher's languages (and so its dictionaries) do not "
