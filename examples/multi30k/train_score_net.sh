@@ -4,7 +4,12 @@
 #   WORK/data-bin-distil + WORK/checkpoints/lanmt/checkpoint_best.pt
 #   -> WORK/checkpoints/score_net/checkpoint_best.pt
 # Usage: train_score_net.sh [--smoke] [WORKDIR] [-- extra fairseq-train args]
-# Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT, LANMT (checkpoint path).
+# Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT, LANMT (checkpoint path),
+#   DELTA_STEPS (k of the target z_k - z, default 4) and NOISE_DRAW (uniform: start points
+#   mu + u * sigma * eps with u ~ U(0,1) per batch; fixed: u = 1), the reference's recipe
+#   (zomux/lanmt-ebm); DELTA_STEPS=1 NOISE_DRAW=fixed is the recipe before issue 8.
+# Validation starts at the prior mean (where inference starts); checkpoint_best is selected on
+# the score-matching loss there.
 source "$(dirname "$0")/common.sh"
 [ -s "$TRAIN_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $TRAIN_BIN: run distil.sh first (or set TRAIN_BIN)" >&2; exit 1; }
 LANMT=${LANMT:-$WORK/checkpoints/lanmt/checkpoint_best.pt}
@@ -14,11 +19,13 @@ if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; ARCH=${KIND}_net_tiny; 
 if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-200}; fi
 LR=${LR:-1e-3}
 DROPOUT=${DROPOUT:-0.1}
+DELTA_STEPS=${DELTA_STEPS:-4}
+NOISE_DRAW=${NOISE_DRAW:-uniform}
 STOP_HOURS=${STOP_HOURS:-0}  # wall-time budget in hours (0: none)
 
 train "$WORK/checkpoints/${KIND}_net" "$TRAIN_BIN" \
   --task nar_translation --arch $ARCH --lanmt-path "$LANMT" \
-  --criterion score_matching \
+  --criterion score_matching --delta-steps $DELTA_STEPS --noise-scale-draw $NOISE_DRAW \
   --inference-dropout $DROPOUT \
   --optimizer adam --adam-betas '(0.9,0.98)' \
   --lr $LR --lr-scheduler inverse_sqrt --warmup-updates $WARMUP --warmup-init-lr 1e-07 \

@@ -8,25 +8,32 @@
 (``--latent-search-size m``: m starting latents around the prior mean, refined together and
 rescored by ``--teacher-path`` or log p(y|z,x)) are the LaNMT's ``LatentRefinementGenerator``.
 With a line search (``--score-line-search 0.5,1,2``) every step tries each alpha, decodes each
-candidate and keeps, per sentence, the one with the highest log p(y|z,x): one softmax per
-candidate and step, on top of the final decode.
+candidate at one fixed length (the one the LaNMT predicts for the step's start z) and keeps,
+per sentence, the one with the highest mean token log-prob of its argmax y (as the reference,
+zomux/lanmt-ebm, ranks them): one softmax per candidate and step, on top of the final decode.
+A sum of log-probs at lengths re-predicted per candidate would favour the shortest output.
 """
+
+import math
 
 import torch
 
-from nar_refine.tasks.nar_translation import NARConfigError
+from nar_refine.errors import NARConfigError
 
 
 def parse_step_sizes(text):
-    """'0.5,1,2' -> [0.5, 1.0, 2.0]; None or '' -> None."""
-    if not text:
+    """'0.5,1,2' -> [0.5, 1.0, 2.0]; None or '' -> None. Step sizes must be positive and finite."""
+    if text is None or not str(text).strip():
         return None
     try:
         alphas = [float(a) for a in str(text).split(",") if a.strip()]
     except ValueError:
         alphas = []
-    if not alphas:
-        raise NARConfigError(f"--score-line-search wants comma-separated step sizes, got {text!r}")
+    if not alphas or not all(math.isfinite(a) and a > 0 for a in alphas):
+        raise NARConfigError(
+            f"--score-line-search wants comma-separated positive finite step sizes "
+            f"(e.g. 0.5,1,2), got {text!r}"
+        )
     return alphas
 
 
@@ -34,8 +41,9 @@ class ScoreRefiner:
     """``refiner(model, enc, z) -> (z_next, None)``: one score step z + alpha * S(z; x).
 
     Never decodes without a line search (so the generator's final decode is the only
-    softmax); with one it returns, per sentence, the candidate step with the best
-    log p(y|z,x) (sum of the argmax tokens' log-probabilities at the predicted length).
+    softmax); with one it returns, per sentence, the candidate z + alpha * S(z; x) whose argmax
+    y has the best mean token log-prob at the length predicted for z (one length for all
+    candidates, so that the ranking compares latents, not lengths).
     """
 
     def __init__(self, alpha=1.0, line_search=None):
@@ -49,8 +57,10 @@ class ScoreRefiner:
         alphas = z.new_tensor(self.alphas).view(1, n_alpha, 1, 1)
         cand = (z.unsqueeze(1) + alphas * model.score(enc, z).unsqueeze(1)).flatten(0, 1)
         rows = torch.arange(bsz, device=z.device).repeat_interleave(n_alpha)
-        _, lprobs, _ = model.decode(enc.index(rows), cand)
-        best = lprobs.sum(-1).view(bsz, n_alpha).argmax(-1)
+        lengths = model.predict_lengths(enc, z)[rows]  # the start point's length, for every candidate
+        _, lprobs = model.decode_at(enc.index(rows), cand, lengths)
+        mean = lprobs.sum(-1) / lengths.clamp(min=1).to(lprobs.dtype)
+        best = mean.view(bsz, n_alpha).argmax(-1)
         return cand[best + torch.arange(bsz, device=z.device) * n_alpha], None
 
 

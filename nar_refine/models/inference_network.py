@@ -31,8 +31,9 @@ import torch
 import torch.nn as nn
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 
+from nar_refine.errors import NARConfigError
 from nar_refine.modules import ParallelTransformerStack
-from nar_refine.tasks.nar_translation import NARConfigError
+from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +41,29 @@ logger = logging.getLogger(__name__)
 LANMT_METHODS = ("encode", "prior", "posterior", "decode", "delta_step", "log_prior")
 
 
+SCALE_DRAWS = ("uniform", "fixed")
+
+
 @dataclass
 class ScorePlan:
-    """How ``forward`` draws training pairs (start z, delta-inference target); see ``forward``."""
+    """How ``forward`` draws training pairs (start z, delta-inference target); see ``forward``.
 
-    noise_scale: float = 1.0  # start points z = mu + noise_scale * sigma * eps
-    delta_steps: int = 1  # k: delta-inference steps that define the target
+    Defaults are the reference's (zomux/lanmt-ebm): u ~ U(0, 1) per batch, k = 4.
+    """
+
+    noise_scale: float = 1.0  # s: start points z = mu + u * s * sigma * eps
+    scale_draw: str = "uniform"  # u ~ U(0, 1) once per batch ("uniform") or u = 1 ("fixed")
+    delta_steps: int = 4  # k: delta-inference steps that define the target
+
+    def __post_init__(self):
+        if self.scale_draw not in SCALE_DRAWS:
+            raise ValueError(f"scale_draw must be one of {SCALE_DRAWS}, got {self.scale_draw!r}")
+
+    def draw_scale(self):
+        """u * s for one batch: U(0, 1) puts starts at and near the prior mean, where inference
+        starts (a fixed u = 1 keeps every start about sqrt(d) sigma away from it)."""
+        u = float(torch.rand(())) if self.scale_draw == "uniform" else 1.0  # CPU draw: no sync
+        return u * self.noise_scale
 
 
 def parameter_fingerprint(module):
@@ -233,6 +251,15 @@ class InferenceNetworkModel(BaseFairseqModel):
     def decode(self, enc, z):
         return self.lanmt.decode(enc, z)
 
+    def decode_at(self, enc, z, lengths):
+        """The LaNMT's ``decode`` at given target lengths instead of predicted ones: argmax y of
+        p(y|z,x) (special symbols excluded); returns (tokens, token log-probs), pad / 0 at pads.
+        Used to compare latents at one fixed length (the score line search)."""
+        lprobs = torch.log_softmax(self.lanmt.decode_logits(enc, z, lengths).float(), -1)
+        scores, tokens = lprobs.index_fill(-1, self.lanmt._banned, float("-inf")).max(-1)
+        pad_mask = lengths_to_padding_mask(lengths, tokens.size(1))
+        return tokens.masked_fill(pad_mask, self.lanmt.pad), scores.masked_fill(pad_mask, 0.0)
+
     def delta_step(self, enc, z):
         return self.lanmt.delta_step(enc, z)
 
@@ -256,20 +283,28 @@ class InferenceNetworkModel(BaseFairseqModel):
             z_k = self.lanmt.delta_step(enc, z_k)[0]
         return z_k - z
 
+    def start_points(self, mu, sigma, plan):
+        """Training start points z = mu + u * s * sigma * eps (eps ~ N(0, I); u * s from
+        ``plan.draw_scale``, one per batch as in the reference). Returns (z, u * s)."""
+        scale = plan.draw_scale()
+        return mu + scale * sigma * torch.randn_like(mu), scale
+
     def forward(self, src_tokens, src_lengths, prev_output_tokens=None, tgt_tokens=None,
                 plan: ScorePlan = None, **kwargs):
         """One training batch for the ``score_matching`` criterion, all in one call.
 
-        z = mu + noise_scale * sigma * eps under the prior p(z|x); delta = (k delta-inference
-        steps from z) - z, both without gradients (the LaNMT is frozen); S(z; x) with them.
+        z from ``start_points`` around the prior p(z|x); delta = (k delta-inference steps from
+        z) - z, both without gradients (the LaNMT is frozen); S(z; x) with them. ``start`` (z)
+        and ``start_scale`` (u * s) are returned for logging and inspection.
         """
         plan = plan or ScorePlan()
         enc = self.encode(src_tokens, src_lengths)
         with torch.no_grad():
             mu, sigma = self.lanmt.prior(enc)
-            z = mu + plan.noise_scale * sigma * torch.randn_like(mu)
+            z, scale = self.start_points(mu, sigma, plan)
             delta = self.delta_target(enc, z, plan.delta_steps)
-        return {"score": {"out": self.score(enc, z), "tgt": delta, "mask": ~enc["padding_mask"]}}
+        return {"score": {"out": self.score(enc, z), "tgt": delta, "mask": ~enc["padding_mask"],
+                          "start": z, "start_scale": scale}}
 
 
 @register_model("energy_net")
