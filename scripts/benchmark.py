@@ -9,7 +9,8 @@ Systems (each row "missing checkpoint" when its checkpoint does not exist):
   * AR Transformer teacher, beam 1 and beam 5 (fairseq SequenceGenerator, task translation)
   * fairseq's CMLM (task translation_lev, IterativeRefinementGenerator), 1/4/10 iterations
   * refine_nat: adaptive refinement (max 10 steps) and fixed 1/2/4/10 steps
-  * LaNMT: prior, delta inference (<= 1/2/4 steps), latent search m = 5/10/20 rescored by the teacher
+  * LaNMT: prior, delta inference (<= 1/2/4 steps; the plain chain, and with --delta-ascent-check),
+    latent search m = 5/10/20 rescored by the teacher
   * score inference, score inference + latent search (teacher), energy inference
 
 Every system is built exactly as ``fairseq-generate`` builds it: its fairseq-generate arguments
@@ -172,17 +173,17 @@ def build_systems(a, ckpts):
                           series="refine_nat (fixed steps)", passes=k + 1))
     out.append(System("lanmt.prior", "LaNMT, prior mean (no refinement)", "LaNMT", "lanmt",
                       nar + ["--decoding", "prior"], series="LaNMT delta (max steps)", passes=1))
-    for plain in (False, True):  # with the ascent check (default), then the paper's plain chain
+    for ascent in (False, True):  # the paper's plain chain (default), then with the ascent check
         for k in a.delta_steps:
             steps = f"<= {k} step{'s' * (k > 1)}"
             out.append(System(
-                f"lanmt.delta{k}" + ".plain" * plain,
-                f"LaNMT, plain delta chain ({steps}, no ascent check)" if plain
+                f"lanmt.delta{k}" + ".ascent" * ascent,
+                f"LaNMT, delta inference with ascent check ({steps})" if ascent
                 else f"LaNMT, delta inference ({steps})", "LaNMT", "lanmt",
                 nar + ["--decoding", "delta", "--iter-decode-max-iter", str(k)]
-                + ["--delta-no-ascent-check"] * plain,
-                series=f"LaNMT {'plain ' * plain}delta (max steps)", passes=k + 1,
-                primary=not plain and k == max(a.delta_steps)))
+                + ["--delta-ascent-check"] * ascent,
+                series=f"LaNMT delta{' + ascent check' * ascent} (max steps)", passes=k + 1,
+                primary=not ascent and k == max(a.delta_steps)))
     for m in a.search_sizes:
         out.append(System(f"lanmt.search{m}", f"LaNMT, latent search m={m} (delta <= {a.search_delta_steps}, "
                           f"teacher rescoring)", "LaNMT", "lanmt",

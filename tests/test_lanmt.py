@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import USER_DIR, generate, parse_hypotheses, preprocess, train, train_ar_teacher
+from helpers import USER_DIR, cli, generate, parse_hypotheses, preprocess, run, train, train_ar_teacher
 
 N_TEST = 60  # sentences in the toy test split
 NAR = ["--task", "nar_translation"]
@@ -25,8 +25,11 @@ LANMT_ARGS = [
     "--task", "nar_translation", "--arch", "lanmt_tiny", "--criterion", "lanmt_elbo",
     "--share-all-embeddings", "--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler",
     "inverse_sqrt", "--warmup-updates", "20", "--max-tokens", "2000", "--no-epoch-checkpoints",
-    "--disable-validation", "--kl-budget-hold-updates", "100", "--kl-budget-anneal-updates", "100",
 ]
+# the session model: budget 1 for 100 updates, annealed to 0 over 100, then 0 until update 250;
+# validation at updates 125 and 250 (the end) only, not after every epoch
+FIXTURE_ARGS = ["--kl-budget-hold-updates", "100", "--kl-budget-anneal-updates", "100",
+                "--validate-interval", "1000", "--validate-interval-updates", "125"]
 
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -66,13 +69,23 @@ def two_style_teacher(two_style_data, tmp_path_factory):
 def lanmt_run(two_style_data, tmp_path_factory):
     """(checkpoint path, training log) of a tiny LaNMT trained for 250 updates."""
     save = tmp_path_factory.mktemp("lanmt")
-    proc = train(two_style_data, str(save), LANMT_ARGS, max_update=250)
+    proc = train(two_style_data, str(save), [*LANMT_ARGS, *FIXTURE_ARGS], max_update=250)
     return str(save / "checkpoint_last.pt"), proc.stdout + proc.stderr
 
 
 def mixed_styles(text):
     """True when a hypothesis mixes W- and V-words (the multimodality problem)."""
     return len({w[0] for w in text.split()}) > 1
+
+
+DELTA_ARGS = ["--decoding", "delta", "--iter-decode-max-iter", "4", "--print-step", "--retain-iter-history"]
+
+
+@pytest.fixture(scope="session")
+def delta_generate(two_style_data, lanmt_run):
+    """Output of fairseq-generate --decoding delta (default options) with per-step history."""
+    proc = generate(two_style_data, lanmt_run[0], [*NAR, *DELTA_ARGS])
+    return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="session")
@@ -152,36 +165,83 @@ def test_gaussian_kl_matches_torch():
                           atol=1e-5)
 
 
+def fake_lanmt_outputs(validation=False):
+    """A model stand-in for the criterion: fixed logits, per-position KLs and length logits."""
+    target = torch.tensor([[4, 5, 1]])
+    kl_pos = torch.tensor([[0.2, 3.0, 0.5, 0.0]])  # last position is a pad
+    word = {"out": torch.zeros(1, 2, 6), "tgt": target[:, :2], "mask": torch.ones(1, 2, dtype=torch.bool)}
+    out = {
+        "word_ins": word,
+        "kl": {"out": kl_pos, "mask": torch.tensor([[True, True, True, False]])},
+        "length": {"out": torch.zeros(1, 3), "tgt": torch.tensor([1])},
+    }
+    if validation:  # the model's eval mode adds the logits at z = prior mean
+        prior_logits = torch.zeros(1, 2, 6)
+        prior_logits[0, :, 0] = 2.0  # less mass on the targets than the posterior mean's logits
+        out["word_ins_prior_mean"] = dict(word, out=prior_logits)
+    sample = {"net_input": {"src_tokens": None, "src_lengths": None}, "target": target}
+    return (lambda *args, **kwargs: out), sample
+
+
+def lanmt_criterion(**overrides):
+    from nar_refine.criterions.lanmt_elbo import LaNMTELBO
+
+    args = dict(kl_budget=1.0, kl_budget_hold_updates=500, kl_budget_anneal_updates=400,
+                length_loss_factor=0.0, label_smoothing=0.0)
+    args.update(overrides)
+    return LaNMTELBO(None, **args)
+
+
 def test_kl_budget_schedule_and_free_bits():
-    from nar_refine.criterions.lanmt_elbo import LaNMTELBO, kl_budget_at
+    from nar_refine.criterions.lanmt_elbo import kl_budget_at
 
     assert [kl_budget_at(u, 1.0, 100, 50) for u in (0, 99, 100, 125, 150, 400)] == [1, 1, 1, 0.5, 0, 0]
     assert kl_budget_at(10, 1.0, 0, 0) == 0.0
-    crit = LaNMTELBO(None, kl_budget=1.0, kl_budget_hold_updates=-1, kl_budget_anneal_updates=-1,
-                     length_loss_factor=0.0, label_smoothing=0.0, max_update=1000)
-    assert (crit.hold, crit.anneal) == (500, 400)  # half, then 40% of --max-update, then 0
-
-    kl_pos = torch.tensor([[0.2, 3.0, 0.5, 0.0]])  # last position is a pad
-    target = torch.tensor([[4, 5, 1]])
-
-    def fake_model(*args, **kwargs):
-        return {
-            "word_ins": {"out": torch.zeros(1, 2, 6), "tgt": target[:, :2],
-                         "mask": torch.ones(1, 2, dtype=torch.bool)},
-            "kl": {"out": kl_pos, "mask": torch.tensor([[True, True, True, False]])},
-            "length": {"out": torch.zeros(1, 3), "tgt": torch.tensor([1])},
-        }
-
-    sample = {"net_input": {"src_tokens": None, "src_lengths": None}, "target": target}
+    crit = lanmt_criterion()
+    model, sample = fake_lanmt_outputs()
     nll = 2 * math.log(6)
     for update, budget in ((0, 1.0), (700, 0.5), (999, 0.0)):
         crit.set_update_num(update)
-        loss, sample_size, log = crit(fake_model, sample)
+        loss, sample_size, log = crit(model, sample)
         expected_kl = sum(max(k, budget) for k in (0.2, 3.0, 0.5))  # max(KL_i, b) per position
         assert sample_size == 2
         assert math.isclose(float(loss), nll + expected_kl, rel_tol=1e-5)
         assert math.isclose(log["kl"], 3.7, rel_tol=1e-5)  # the unclamped KL is logged too
         assert log["kl_budget"] == budget
+        assert "z_usage" not in log  # a validation metric
+
+
+def test_kl_budget_schedule_does_not_follow_max_update():
+    """The schedule is given in updates: --max-update (or raising it on resume) changes nothing."""
+    from nar_refine.criterions.lanmt_elbo import LaNMTELBOConfig
+
+    defaults = LaNMTELBOConfig()
+    for max_update in (0, 300, 10**6):
+        crit = lanmt_criterion(kl_budget_hold_updates=defaults.kl_budget_hold_updates,
+                               kl_budget_anneal_updates=defaults.kl_budget_anneal_updates,
+                               max_update=max_update)
+        assert (crit.hold, crit.anneal) == (50000, 50000)
+        crit.set_update_num(299)
+        assert crit.current_budget() == 1.0  # a short run is never annealed behind the user's back
+    with pytest.raises(ValueError, match="no longer follows --max-update"):
+        lanmt_criterion(kl_budget_hold_updates=-1)  # the old "fraction of --max-update" value
+
+
+def test_validation_loss_ignores_the_budget():
+    """Checkpoint selection must not reward the falling budget: in eval, loss = NLL + unclamped
+    KL + length term (no free bits, no label smoothing), and z_usage = NLL(prior mean) - NLL."""
+    crit = lanmt_criterion(length_loss_factor=1.0, label_smoothing=0.1)
+    model, sample = fake_lanmt_outputs(validation=True)
+    nll = 2 * math.log(6)
+    nll_prior = 2 * -math.log(1 / (math.exp(2) + 5))
+    losses = set()
+    for update in (0, 700, 999):  # budget 1, 0.5, 0
+        crit.set_update_num(update)
+        loss, _, log = crit(model, sample)
+        assert math.isclose(float(loss), nll + 3.7 + math.log(3), rel_tol=1e-5)
+        assert math.isclose(log["z_usage"], nll_prior - nll, rel_tol=1e-5)
+        losses.add(round(float(loss), 6))
+    assert len(losses) == 1
 
 
 # -- training -------------------------------------------------------------------------------
@@ -195,6 +255,74 @@ def test_training_lowers_nll_and_kl(lanmt_run):
     assert budget[0] == 1 and budget[-1] == 0 and 0 < budget[14] < 1
     for key in ("length_loss", "kl_loss", "length_acc"):
         assert train_log_values(log, key), key
+
+
+def valid_log_values(log, key):
+    """Values of ``key`` in fairseq's validation lines (fairseq-train and fairseq-validate)."""
+    return [float(m.group(1)) for line in log.splitlines() if "valid on 'valid' subset" in line
+            for m in [re.search(rf"\| {key} (-?[\d.]+)", line)] if m]
+
+
+def test_validation_logs_z_usage(lanmt_run):
+    """z-usage = NLL(z = prior mean) - NLL(z = posterior mean), nats/token, logged at every
+    validation. On the two-style data the style bit is ln 2 = 0.69 nats per token; a decoder
+    that reads z takes it from z, so NLL(posterior mean) is far below NLL(prior mean)."""
+    _, log = lanmt_run
+    usage = valid_log_values(log, "z_usage")
+    assert len(usage) == 2, log[-3000:]  # updates 125 and 250
+    assert usage[0] > 0 and usage[-1] > 0.3, usage  # it grows as the decoder learns to read z
+    # the valid loss is NLL + unclamped KL + length term (in bits), not the clamped training loss
+    for line in [l for l in log.splitlines() if "valid on 'valid' subset" in l]:
+        loss, nll, kl, length = (float(re.search(rf"\| {k} (-?[\d.]+)", line).group(1))
+                                 for k in ("loss", "nll_loss", "kl", "length_loss"))
+        ntok_per_sent = float(re.search(r"\| wpb ([\d.]+)", line).group(1)) / float(
+            re.search(r"\| bsz ([\d.]+)", line).group(1))
+        assert math.isclose(loss, nll + kl + length / ntok_per_sent, abs_tol=0.01), line
+
+
+def test_validation_loss_does_not_change_with_the_budget(lanmt_run, two_style_data, tmp_path):
+    """fairseq-validate on the same checkpoint with the KL budget set to 0, 1 and 5: the valid
+    loss (what fairseq selects checkpoints on) is the same, as is z-usage."""
+    ckpt = lanmt_run[0]
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    losses, usages = [], []
+    for budget in (0.0, 1.0, 5.0):
+        state["cfg"]["criterion"]["kl_budget"] = budget
+        path = tmp_path / f"budget{budget}.pt"
+        torch.save(state, path)
+        proc = run([cli("fairseq-validate"), two_style_data, "--user-dir", USER_DIR, "--path", path,
+                    "--task", "nar_translation", "--valid-subset", "valid", "--max-tokens", "2000",
+                    "--num-workers", "0", "--log-format", "simple"])
+        log = proc.stdout + proc.stderr
+        losses += valid_log_values(log, "loss")
+        usages += valid_log_values(log, "z_usage")
+    assert len(losses) == len(usages) == 3, log[-3000:]
+    assert len(set(losses)) == 1 and len(set(usages)) == 1, (losses, usages)
+
+
+def test_kl_budget_schedule_survives_resume_and_short_runs(two_style_data, tmp_path):
+    """The budget follows --kl-budget-hold/anneal-updates only: resuming with a larger
+    --max-update continues the same schedule, and a short run with the default schedule keeps
+    the budget (the old default, a fraction of --max-update, annealed it to 0)."""
+    from nar_refine.criterions.lanmt_elbo import kl_budget_at
+
+    small = [*LANMT_ARGS, "--disable-validation", "--max-tokens", "300", "--log-interval", "1"]
+
+    def budgets(log):  # {num_updates: logged budget}
+        return {int(re.search(r"num_updates=(\d+)", l).group(1)): float(re.search(r"kl_budget=([\d.]+)", l).group(1))
+                for l in log.splitlines() if "train_inner" in l}
+
+    save = tmp_path / "resumed"
+    schedule = ["--kl-budget-hold-updates", "6", "--kl-budget-anneal-updates", "8"]
+    first = budgets(train(two_style_data, str(save), [*small, *schedule], max_update=10).stdout)
+    resumed = budgets(train(two_style_data, str(save), [*small, *schedule], max_update=16).stdout)
+    assert sorted(first) == list(range(1, 11)) and sorted(resumed) == list(range(11, 17))
+    for u, b in {**first, **resumed}.items():  # update u runs with update_num u - 1
+        assert math.isclose(b, kl_budget_at(u - 1, 1.0, 6, 8), abs_tol=1e-3), (u, b)
+    assert resumed[16] == 0 and 0 < first[10] < 1
+
+    short = budgets(train(two_style_data, str(tmp_path / "short"), small, max_update=8).stdout)
+    assert sorted(short) == list(range(1, 9)) and set(short.values()) == {1.0}, short
 
 
 def test_forward_uses_every_parameter(lanmt):
@@ -214,30 +342,34 @@ def test_forward_uses_every_parameter(lanmt):
 
 
 # -- generation -------------------------------------------------------------------------------
-def test_prior_delta_and_search_run_in_fairseq_generate(two_style_data, lanmt_run, two_style_teacher):
+def test_prior_delta_and_search_run_in_fairseq_generate(two_style_data, lanmt_run, two_style_teacher,
+                                                        delta_generate):
     ckpt = lanmt_run[0]
     settings = {
         "prior": ["--decoding", "prior"],
-        "delta": ["--decoding", "delta", "--iter-decode-max-iter", "4", "--print-step",
-                  "--retain-iter-history"],
+        "delta": DELTA_ARGS,
         "search_teacher": ["--decoding", "delta", "--latent-search-size", "4",
                            "--teacher-path", two_style_teacher],
         "search_self": ["--decoding", "prior", "--latent-search-size", "3"],
     }
     bleus, mixed = {}, {}
     for name, args in settings.items():
-        proc = generate(two_style_data, ckpt, [*NAR, *args])
-        hyps = parse_hypotheses(proc.stdout)
+        if name == "delta":
+            out = delta_generate
+        else:
+            proc = generate(two_style_data, ckpt, [*NAR, *args])
+            out = proc.stdout + proc.stderr
+        hyps = parse_hypotheses(out)
         assert sorted(hyps) == list(range(N_TEST)), name
         assert sum(h.strip() != "" for h in hyps.values()) == N_TEST, name
         if name == "delta":
-            assert len(re.findall(r"^I-\d+\t\d+$", proc.stdout, re.M)) == N_TEST
-            assert len(re.findall(r"^E-\d+_0\t", proc.stdout, re.M)) == N_TEST
+            assert len(re.findall(r"^I-\d+\t\d+$", out, re.M)) == N_TEST
+            assert len(re.findall(r"^E-\d+_0\t", out, re.M)) == N_TEST
         if name == "search_self":
-            assert "scored by the NAT's own log p(y|z,x)" in proc.stdout + proc.stderr
+            assert "scored by the NAT's own log p(y|z,x) (mean token log-probability)" in out
         if name == "search_teacher":
-            assert "scored by the autoregressive teacher" in proc.stdout + proc.stderr
-        bleus[name] = float(re.search(r"BLEU4? = ([\d.]+)", proc.stdout).group(1))
+            assert "scored by the autoregressive teacher" in out
+        bleus[name] = float(re.search(r"BLEU4? = ([\d.]+)", out).group(1))
         mixed[name] = sum(mixed_styles(h) for h in hyps.values())
     # the prior mean sits between the two styles and mixes them; delta inference settles on one
     assert mixed["delta"] < mixed["prior"] / 2, mixed
@@ -266,37 +398,90 @@ def recompute_objective(model, task, sid, z):
         return tokens[0][tokens[0].ne(model.pad)], float(lprobs.sum() + model.log_prior(enc, z[None]))
 
 
-def test_delta_never_lowers_the_objective(lanmt):
-    """J(z) = log p(y|z,x) + log p(z|x), y = argmax: delta inference >= the prior mean's J."""
-    model, task = lanmt
-    prior = run_generator(task, model, "prior")
-    for force in (False, True):  # adaptive stop, and the fixed-steps path (last step judged at the end)
-        delta = run_generator(task, model, "delta", iter_decode_max_iter=4, iter_decode_force_max_iter=force)
-        assert sorted(delta) == sorted(prior) == list(range(N_TEST))
-        improved = 0
-        for sid in prior:
-            j_prior, j_delta = prior[sid]["objective"], delta[sid]["objective"]
-            assert j_delta >= j_prior - 1e-3, (sid, j_prior, j_delta, force)
-            improved += j_delta > j_prior + 1e-3
-            # the reported J belongs to the returned translation and latent
-            tokens, j = recompute_objective(model, task, sid, delta[sid]["latent"])
-            assert torch.equal(tokens, delta[sid]["tokens"][:-1])
-            assert math.isclose(j, j_delta, abs_tol=1e-2), (sid, j, j_delta)
-        assert improved >= N_TEST // 6, improved  # it does move, where there is something to gain
+def plain_delta_chain(model, task, sid, max_iter):
+    """The reference's delta chain for test sentence ``sid``, by hand, one sentence at a time:
+    z_0 = prior mean, y_k = argmax p(y|z_k,x), z_{k+1} = E_q(z|x,y_k)[z]; stop when y_k == y_{k-1}
+    or after ``max_iter`` steps. Returns [(y_k, J(z_k), z_k)] up to the stop (whose y repeats),
+    J = log p(y_k|z_k,x) + log p(z_k|x)."""
+    src = task.dataset("test")[sid]["source"][None]
+    with torch.no_grad():
+        enc = model.encode(src, torch.tensor([src.size(1)]))
+        z, chain = model.prior(enc)[0], []
+        for _ in range(max_iter + 1):
+            tokens, lprobs, _ = model.decode(enc, z)
+            y = tokens[0][tokens[0].ne(model.pad)]
+            chain.append((y, float(lprobs.sum() + model.log_prior(enc, z)), z[0]))
+            if len(chain) > 1 and torch.equal(chain[-2][0], y):
+                break
+            z = model.posterior(enc, tokens)[0]
+    return chain
 
 
-def test_plain_delta_chain_can_lower_the_objective(lanmt):
-    """Why the ascent check exists: the plain chain is no ascent method. Its z-step moves to the
-    posterior mean, not to argmax_z J(y, z), and the first step leaves the prior mean, the maximum
-    of log p(z|x); for some sentences J falls below the prior mean's."""
+def test_delta_default_is_the_plain_chain(lanmt, delta_generate):
+    """fairseq-generate --decoding delta runs the plain chain, step by step (its history equals
+    the chain computed by hand), also through steps that lower J = log p(y|z,x) + log p(z|x),
+    where --delta-ascent-check undoes the step and stops."""
     model, task = lanmt
-    prior = run_generator(task, model, "prior")
-    task.cfg.delta_no_ascent_check = True
+    tgt_dict = task.target_dictionary
+    history = {}
+    for sid, _, text in re.findall(r"^E-(\d+)_(\d+)\t(.*)$", delta_generate, re.M):
+        steps = history.setdefault(int(sid), [])
+        if not steps or steps[-1] != text:  # a sentence that stopped repeats its last output
+            steps.append(text)
+    hyps = parse_hypotheses(delta_generate)
+    n_steps = {int(sid): int(n) for sid, n in re.findall(r"^I-(\d+)\t(\d+)$", delta_generate, re.M)}
+    plain = run_generator(task, model, "delta", iter_decode_max_iter=4)
+    task.cfg.delta_ascent_check = True
     try:
-        plain = run_generator(task, model, "delta", iter_decode_max_iter=4)
+        guarded = run_generator(task, model, "delta", iter_decode_max_iter=4)
     finally:
-        task.cfg.delta_no_ascent_check = False
-    assert any(plain[s]["objective"] < prior[s]["objective"] - 1e-3 for s in prior)
+        task.cfg.delta_ascent_check = False
+    lowered = 0
+    for sid in range(N_TEST):
+        chain = plain_delta_chain(model, task, sid, 4)
+        expected = []
+        for y, _, _ in chain:
+            if not expected or expected[-1] != tgt_dict.string(y):
+                expected.append(tgt_dict.string(y))
+        assert history[sid] == expected, sid
+        assert hyps[sid] == expected[-1] and n_steps[sid] == len(chain) - 1, sid
+        # the default ends where the chain ends, with that z and its J
+        assert torch.allclose(plain[sid]["latent"], chain[-1][2], atol=1e-4), sid
+        assert math.isclose(plain[sid]["objective"], chain[-1][1], abs_tol=1e-2), sid
+        k = next((k for k in range(1, len(chain)) if chain[k][1] < chain[k - 1][1]), None)
+        if k is not None and chain[k][1] < chain[k - 1][1] - 1e-3:
+            # the ascent check undoes the first step that lowered J: it keeps z_{k-1}, y_{k-1}
+            lowered += 1
+            y, j, z = chain[k - 1]
+            assert torch.equal(guarded[sid]["tokens"][:-1], y), sid
+            assert torch.allclose(guarded[sid]["latent"], z, atol=1e-4), sid
+            assert math.isclose(guarded[sid]["objective"], j, abs_tol=1e-2), sid
+    assert lowered >= 2, "no plain-chain step lowered J on this model: the test would prove little"
+
+
+def test_delta_ascent_check_never_lowers_the_objective(lanmt):
+    """--delta-ascent-check: J(z) = log p(y|z,x) + log p(z|x), y = argmax, never below the prior
+    mean's."""
+    model, task = lanmt
+    prior = run_generator(task, model, "prior")
+    task.cfg.delta_ascent_check = True
+    try:
+        for force in (False, True):  # adaptive stop, and the fixed-steps path (last step judged at the end)
+            delta = run_generator(task, model, "delta", iter_decode_max_iter=4,
+                                  iter_decode_force_max_iter=force)
+            assert sorted(delta) == sorted(prior) == list(range(N_TEST))
+            improved = 0
+            for sid in prior:
+                j_prior, j_delta = prior[sid]["objective"], delta[sid]["objective"]
+                assert j_delta >= j_prior - 1e-3, (sid, j_prior, j_delta, force)
+                improved += j_delta > j_prior + 1e-3
+                # the reported J belongs to the returned translation and latent
+                tokens, j = recompute_objective(model, task, sid, delta[sid]["latent"])
+                assert torch.equal(tokens, delta[sid]["tokens"][:-1])
+                assert math.isclose(j, j_delta, abs_tol=1e-2), (sid, j, j_delta)
+            assert improved >= N_TEST // 6, improved  # it does move, where there is something to gain
+    finally:
+        task.cfg.delta_ascent_check = False
 
 
 def test_prior_decoding_uses_one_softmax_per_batch(lanmt):
@@ -326,6 +511,41 @@ def test_refiner_that_never_decodes_costs_one_softmax(lanmt):
         hook.remove()
     assert len(calls) == len(batches)
     assert all(h[0]["steps"] == 3 for h in hypos)
+
+
+def test_self_score_is_the_mean_token_log_prob():
+    """Without a teacher, candidates are ranked by the mean of log p(y_t|z,x), not the sum (which
+    favours short outputs): a 2-token candidate at -0.5 per token loses to a 4-token one at -0.3."""
+    from nar_refine.inference.latent_search import ModelScorer, select_best
+
+    pad = 1
+    tokens = torch.tensor([[5, 6, pad, pad], [7, 8, 9, 10]])
+    lprobs = torch.tensor([[-0.5, -0.5, 0.0, 0.0], [-0.3, -0.3, -0.3, -0.3]])
+    scores = ModelScorer(pad)(None, None, tokens, lprobs)
+    assert torch.allclose(scores, torch.tensor([-0.5, -0.3]))
+    assert lprobs.sum(-1).argmax() == 0  # the sum would have picked the short one
+    assert select_best(scores, 2).tolist() == [1]
+
+
+def test_latent_search_without_teacher_keeps_the_best_mean(lanmt):
+    from nar_refine.inference.latent_refinement import LatentRefinementGenerator
+    from nar_refine.inference.latent_search import build_candidate_scorer
+
+    model, task = lanmt
+    task.cfg.teacher_path = None
+    gen = LatentRefinementGenerator(task.target_dictionary, search_size=6, search_noise=1.5,
+                                    scorer=build_candidate_scorer(task, model), keep_candidates=True)
+    torch.manual_seed(0)
+    differing = 0
+    for sample in toy_batches(task)[:2]:
+        for hypo in gen.generate([model], sample):
+            cands = hypo[0]["candidates"]
+            means = [c["lp_y"] / len(c["tokens"]) for c in cands]
+            for c, mean in zip(cands, means):  # the score is the mean, not the sum lp_y
+                assert math.isclose(c["score"], mean, rel_tol=1e-4, abs_tol=1e-5)
+            assert math.isclose(hypo[0]["search_score"], max(means), rel_tol=1e-4, abs_tol=1e-5)
+            differing += len({tuple(c["tokens"].tolist()) for c in cands}) > 1
+    assert differing > 8, "candidates were (nearly) all identical: the test would prove little"
 
 
 def _teacher_one_by_one(teacher, task, src, tokens):

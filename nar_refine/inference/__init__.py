@@ -55,6 +55,6 @@ def build_nar_generator(task, models, gen_args):
             task, model, gen_args, refiner=delta_refiner,
             max_iter=getattr(gen_args, "iter_decode_max_iter", 10),
             adaptive=not getattr(gen_args, "iter_decode_force_max_iter", False),
-            ascent_check=not getattr(task.cfg, "delta_no_ascent_check", False),
+            ascent_check=getattr(task.cfg, "delta_ascent_check", False),
         )
     raise NARConfigError(f"--decoding {decoding} is not available for {type(model).__name__}")

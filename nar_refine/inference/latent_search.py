@@ -2,7 +2,7 @@
 
 Each sentence gets m candidates laid out sentence-major (rows b*m .. b*m+m-1): candidate 0 is
 the prior mean, the others mu + noise * sigma * eps. All B*m candidates are refined and decoded
-together, scored (by an autoregressive teacher, or the NAT's own log p(y|z,x)) and the best
+together, scored (by an autoregressive teacher, or the NAT's own mean token log p(y|z,x)) and the best
 candidate of each sentence is kept. Shared by every latent generator (prior, delta, score,
 energy).
 """
@@ -36,12 +36,18 @@ def select_best(scores, m):
 
 
 class ModelScorer:
-    """Scores a candidate by the NAT's own log p(y|z,x): the sum of its token log-probs."""
+    """Scores a candidate by the NAT's own log p(y|z,x) per token: the mean of its token
+    log-probs over its real (non-pad) tokens. The sum would favour short outputs (every token
+    adds a negative term); lanmt-ebm ranks by the mean too."""
 
-    name = "model log p(y|z,x)"
+    name = "model log p(y|z,x) per token"
+
+    def __init__(self, pad):
+        self.pad = pad
 
     def __call__(self, src_tokens, src_lengths, tokens, lprobs):
-        return lprobs.float().sum(-1)
+        lengths = tokens.ne(self.pad).sum(-1).clamp(min=1)
+        return lprobs.float().sum(-1) / lengths
 
 
 def build_candidate_scorer(task, model=None):
@@ -52,5 +58,5 @@ def build_candidate_scorer(task, model=None):
 
         return TeacherScorer.from_path(path, task, like=model)
     logger.info("latent search: no --teacher-path given, candidates are scored by the NAT's own "
-                "log p(y|z,x) (sum of token log-probabilities)")
-    return ModelScorer()
+                "log p(y|z,x) (mean token log-probability)")
+    return ModelScorer(task.target_dictionary.pad())

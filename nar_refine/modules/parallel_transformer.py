@@ -5,6 +5,7 @@ the score network) is "positions in, positions out, optionally attending to a co
 fairseq's ``TransformerDecoderLayerBase`` does exactly that when no causal mask is given.
 """
 
+import math
 from typing import Optional
 
 import torch
@@ -37,14 +38,17 @@ class ParallelTransformerStack(nn.Module):
 
     With ``cross_attention`` every layer also attends to a context (e.g. source states);
     without it the stack is a plain Transformer encoder. Adds sinusoidal positions when
-    ``max_positions`` is given, and a final LayerNorm (pre-norm layers).
+    ``max_positions`` is given, and a final LayerNorm (pre-norm layers). ``skip_connect``
+    mixes the stack's input back in after every layer, x <- (x_0 + x) / sqrt(2), as the LaNMT
+    reference decoder does (``skip_connect=True``) so that every layer reads the latent.
     """
 
     def __init__(self, embed_dim, ffn_dim, heads, layers, dropout=0.1, cross_attention=True,
-                 max_positions: Optional[int] = 1024, padding_idx: int = 1):
+                 max_positions: Optional[int] = 1024, padding_idx: int = 1, skip_connect=False):
         super().__init__()
         cfg = layer_config(embed_dim, ffn_dim, heads, dropout)
         self.cross_attention = cross_attention
+        self.skip_connect = skip_connect
         if cross_attention:
             self.layers = nn.ModuleList(
                 [TransformerDecoderLayerBase(cfg, no_encoder_attn=False) for _ in range(layers)]
@@ -71,6 +75,7 @@ class ParallelTransformerStack(nn.Module):
         x = self.dropout(x)
         x = x.transpose(0, 1)
         ctx = context.transpose(0, 1) if context is not None else None
+        first_x = x
         for layer in self.layers:
             if self.cross_attention:
                 x, _, _ = layer(
@@ -81,6 +86,8 @@ class ParallelTransformerStack(nn.Module):
                 )
             else:
                 x = layer(x, encoder_padding_mask=padding_mask)
+            if self.skip_connect:
+                x = (first_x + x) * math.sqrt(0.5)
         x = self.layer_norm(x).transpose(0, 1)
         return x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
 

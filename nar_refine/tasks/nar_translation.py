@@ -75,11 +75,13 @@ class NARTranslationConfig(TranslationConfig):
         default=0.5,
         metadata={"help": "latent search: candidates are mu + noise * sigma * N(0, I)"},
     )
-    delta_no_ascent_check: bool = field(
+    delta_ascent_check: bool = field(
         default=False,
         metadata={
-            "help": "delta inference: run the plain chain of the paper; by default a step that "
-            "lowers log p(y|z,x) + log p(z|x) is undone and the sentence stops there"
+            "help": "delta inference: undo a step that lowers log p(y|z,x) + log p(z|x) and stop "
+            "the sentence there; by default the plain chain of the paper runs (stop when y is "
+            "unchanged). The objective sums token log-probs over lengths that change between "
+            "steps, so the check also undoes steps that lengthen the output"
         },
     )
     teacher_path: Optional[str] = field(
