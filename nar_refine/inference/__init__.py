@@ -34,6 +34,8 @@ def build_nar_generator(task, models, gen_args):
             length_beam=getattr(gen_args, "iter_decode_with_beam", 1),
             retain_history=getattr(gen_args, "retain_iter_history", False),
             max_len=model.max_positions()[1],
+            window=task.cfg.adaptive_window,
+            min_steps=task.cfg.adaptive_min_steps,
         )
     if decoding in ("score", "energy"):
         from nar_refine.inference.score_inference import build_score_generator

@@ -3,23 +3,57 @@
 1. predict the length (or ``length_beam`` lengths around the best one);
 2. decoder 1 gives y^0;
 3. decoder 2 refines y^{l-1} -> y^l, at most ``max_iter`` times; with ``adaptive`` a sentence
-   stops (and leaves the batch) as soon as y^l == y^{l-1};
+   stops, and leaves the batch, once it has converged (below);
 4. among the length candidates keep the best by mean token log-probability plus the length
    log-probability log p(T|x) (the mean alone prefers short outputs: every position of a
    too-short copy can still be confident).
+
+Convergence. Decoder 2 reads the previous hidden state as well as the previous tokens, so
+y^l == y^{l-1} is *not* a fixed point: the hidden state can still move and change the tokens
+a step later. fairseq's rule (stop at the first unchanged step, right for its token-only NAT)
+therefore stops too early. As the reference (``equality_converged``, ``--adaptive_window``),
+a sentence stops when its output repeats within a window: after step l it counts as *stale*
+when y^l equals one of the ``window`` outputs before it, y^{l-1} ... y^{l-window}, and it stops
+once ``window`` consecutive steps were stale (a fixed point held ``window`` steps, or a cycle
+of length <= ``window`` gone round), and at least ``min_steps`` steps were run. ``window=1``
+is fairseq's rule.
+
+Measured: refine_nat_tiny trained 500 updates on a toy task whose lengths vary (w0-w3 -> two
+words, w4-w7 -> none, other words one, as the fertility corpus of tests/test_refine_nat.py;
+3000 training pairs), 300 test sentences, max_iter 10:
+
+    stopping rule                     exactly right   mean steps
+    fixed 0 / 1 / 2 / 4 / 10 steps    52.0 / 61.3 / 65.7 / 68.3 / 67.0 %
+    window 1 (fairseq's rule)         63.3 %          1.25
+    window 2                          66.0 %          2.43
+    window 3                          68.3 %          3.59
+    window 1, min_steps 3             68.0 %          3.05
+    window 2, min_steps 3 (default)   68.3 %          3.22
+
+Three more models (other length-predictor and positional-attention settings) rank the rules
+the same: window 1 is 3-6.3 points below the best fixed step count; window 2 with min_steps 3
+is within 0.7 points of it, or above, at 3.2-3.4 steps. Default: ``window=2, min_steps=3``.
 """
 
 import torch
 
+from nar_refine.errors import NARConfigError
 from nar_refine.inference.hypotheses import make_hypothesis
 
 
 class AdaptiveRefinementGenerator:
     def __init__(self, tgt_dict, max_iter=10, adaptive=True, length_beam=1, retain_history=False,
-                 max_len=256):
+                 max_len=256, window=2, min_steps=3):
+        if window < 0 or min_steps < 0 or max_iter < 0:
+            raise NARConfigError(
+                f"--adaptive-window ({window}), --adaptive-min-steps ({min_steps}) and "
+                f"--iter-decode-max-iter ({max_iter}) must be >= 0"
+            )
         self.pad, self.eos = tgt_dict.pad(), tgt_dict.eos()
         self.max_iter = max_iter
-        self.adaptive = adaptive
+        self.adaptive = adaptive and window > 0
+        self.window = max(1, window)
+        self.min_steps = min_steps
         self.length_beam = max(1, length_beam)
         self.retain_history = retain_history
         self.max_len = max_len
@@ -40,8 +74,13 @@ class AdaptiveRefinementGenerator:
 
         logits, hidden = model.initial_step(enc, lengths)
         tokens, lprobs = self._read(logits, lengths)
-        history = [[tokens[i]] for i in range(tokens.size(0))] if self.retain_history else None
+        # one N x T copy per step (finished rows simply stop changing); rows are cut at the end
+        history = [tokens.clone()] if self.retain_history else None
         steps = torch.zeros_like(lengths)
+        # the last `window` outputs of every row, newest first; -1 never equals a token
+        recent = tokens.new_full((tokens.size(0), self.window, tokens.size(1)), -1)
+        recent[:, 0] = tokens
+        stale = torch.zeros_like(lengths)
         active = torch.arange(tokens.size(0), device=tokens.device)
         for _ in range(self.max_iter):
             if active.numel() == 0:
@@ -49,23 +88,25 @@ class AdaptiveRefinementGenerator:
             sub_enc = enc.index(active)
             logits_a, hidden_a = model.refine_step(sub_enc, tokens[active], hidden[active])
             new_tokens, new_lprobs = self._read(logits_a, lengths[active])
-            changed = new_tokens.ne(tokens[active]).any(-1)
+            repeat = (recent[active] == new_tokens[:, None]).all(-1).any(-1)
+            stale[active] = torch.where(repeat, stale[active] + 1, torch.zeros_like(stale[active]))
+            recent[active] = torch.cat([new_tokens[:, None], recent[active, :-1]], 1)
             tokens[active], lprobs[active], hidden[active] = new_tokens, new_lprobs, hidden_a
             steps[active] += 1
             if history is not None:
-                for row in active.tolist():
-                    history[row].append(tokens[row].clone())
+                history.append(tokens.clone())
             if self.adaptive:
-                active = active[changed]
+                done = (stale[active] >= self.window) & (steps[active] >= self.min_steps)
+                active = active[~done]
 
         # keep the best length candidate
         rank = (lprobs.sum(-1) / lengths.float() + length_lp).view(bsz, beam)
         best = rank.argmax(-1) + torch.arange(bsz, device=lengths.device) * beam
-        return [
-            [make_hypothesis(tokens[r], lprobs[r], self.pad, self.eos, int(steps[r]),
-                             history[r] if history is not None else None)]
-            for r in best.tolist()
-        ]
+        hypos = []
+        for r in best.tolist():
+            rows = [h[r] for h in history[: int(steps[r]) + 1]] if history is not None else None
+            hypos.append([make_hypothesis(tokens[r], lprobs[r], self.pad, self.eos, int(steps[r]), rows)])
+        return hypos
 
     def _read(self, logits, lengths):
         """Argmax tokens and their log-probabilities, with pads beyond each length."""

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from fairseq.models.transformer import TransformerConfig
-from fairseq.modules import LayerNorm, PositionalEmbedding
+from fairseq.modules import LayerNorm, MultiheadAttention, PositionalEmbedding
 from fairseq.modules.transformer_layer import (
     TransformerDecoderLayerBase,
     TransformerEncoderLayerBase,
@@ -41,10 +41,13 @@ class ParallelTransformerStack(nn.Module):
     ``max_positions`` is given, and a final LayerNorm (pre-norm layers). ``skip_connect``
     mixes the stack's input back in after every layer, x <- (x_0 + x) / sqrt(2), as the LaNMT
     reference decoder does (``skip_connect=True``) so that every layer reads the latent.
+    ``positional_attention`` adds a :class:`PositionalAttention` sub-layer to every layer
+    (Lee et al.'s reference decoders; needs ``max_positions``).
     """
 
     def __init__(self, embed_dim, ffn_dim, heads, layers, dropout=0.1, cross_attention=True,
-                 max_positions: Optional[int] = 1024, padding_idx: int = 1, skip_connect=False):
+                 max_positions: Optional[int] = 1024, padding_idx: int = 1, skip_connect=False,
+                 positional_attention=False):
         super().__init__()
         cfg = layer_config(embed_dim, ffn_dim, heads, dropout)
         self.cross_attention = cross_attention
@@ -63,6 +66,13 @@ class ParallelTransformerStack(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.layer_norm = LayerNorm(embed_dim)
+        self.positional_attention = None
+        if positional_attention:
+            if self.embed_positions is None:
+                raise ValueError("positional_attention needs max_positions (positional encodings)")
+            self.positional_attention = nn.ModuleList(
+                [PositionalAttention(embed_dim, heads, dropout) for _ in range(layers)]
+            )
 
     def forward(self, x, padding_mask, context=None, context_padding_mask=None):
         """x: B x T x C, padding_mask: B x T (True at pads); context: B x S x C. Returns B x T x C."""
@@ -71,12 +81,15 @@ class ParallelTransformerStack(nn.Module):
             pos_tokens = padding_mask.long() * self.padding_idx + (~padding_mask).long() * (
                 self.padding_idx + 1
             )
-            x = x + self.embed_positions(pos_tokens)
+            positions = self.embed_positions(pos_tokens)
+            x = x + positions
         x = self.dropout(x)
         x = x.transpose(0, 1)
         ctx = context.transpose(0, 1) if context is not None else None
         first_x = x
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if self.positional_attention is not None:
+                x = self.positional_attention[i](x, positions.transpose(0, 1), padding_mask)
             if self.cross_attention:
                 x, _, _ = layer(
                     x,
@@ -90,6 +103,28 @@ class ParallelTransformerStack(nn.Module):
                 x = (first_x + x) * math.sqrt(0.5)
         x = self.layer_norm(x).transpose(0, 1)
         return x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+
+
+class PositionalAttention(nn.Module):
+    """Attention whose queries and keys are the positional encodings and whose values are the
+    hidden states: x <- x + Attn(q = k = pos, v = LayerNorm(x)) (Gu et al. 2018; in every
+    decoder layer of Lee et al.'s reference code). Its weights depend on positions only: it
+    mixes positions the same way in every sentence of a given length, whatever the words.
+    Pre-norm, placed before each layer's self-attention (the reference, post-norm, puts it
+    right after).
+    """
+
+    def __init__(self, embed_dim, heads, dropout=0.1):
+        super().__init__()
+        self.attn = MultiheadAttention(embed_dim, heads, dropout=0.0, self_attention=False)
+        self.layer_norm = LayerNorm(embed_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, positions, padding_mask):
+        """x, positions: T x B x C; padding_mask: B x T (True at pads). Returns T x B x C."""
+        h, _ = self.attn(query=positions, key=positions, value=self.layer_norm(x),
+                         key_padding_mask=padding_mask, need_weights=False)
+        return x + self.dropout(h)
 
 
 def uniform_copy(src_states, src_lengths, tgt_lengths):

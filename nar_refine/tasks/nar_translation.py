@@ -64,6 +64,24 @@ class NARTranslationConfig(TranslationConfig):
             "auto picks the model's own default"
         },
     )
+    adaptive_window: int = field(
+        default=2,
+        metadata={
+            "help": "refine decoding, adaptive stop: a step is stale when its output equals one "
+            "of the W outputs before it; a sentence stops after W consecutive stale steps (a "
+            "fixed point held W steps or a cycle of length <= W). 1 = stop at the first "
+            "unchanged step (fairseq's rule; too early for refine_nat, whose decoder also reads "
+            "the previous hidden state); 0 = never stop early (as --iter-decode-force-max-iter)"
+        },
+    )
+    adaptive_min_steps: int = field(
+        default=3,
+        metadata={
+            "help": "refine decoding, adaptive stop: run at least this many refinement steps "
+            "before a sentence may stop; 0 = no minimum (values up to --adaptive-window change "
+            "nothing: W stale steps take at least W steps)"
+        },
+    )
     latent_search_size: int = field(
         default=1,
         metadata={
