@@ -10,11 +10,9 @@ set -euo pipefail
 
 EXAMPLE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$EXAMPLE_DIR/../.." && pwd)"
-# Multi30k: the shared/ folder beside the checkout (as in CI), else the workplace's copy
-if [ -z "${DATA:-}" ]; then
-  DATA="$REPO_DIR/../shared/data/multi30k"
-  [ -d "$DATA" ] || DATA=/work/shared/data/multi30k
-fi
+# Multi30k: the shared/ folder beside the checkout (../shared/data/multi30k), or DATA=
+DATA=${DATA:-$REPO_DIR/../shared/data/multi30k}
+[ -d "$DATA" ] || { echo "Multi30k not found at $DATA: put shared/ beside the checkout or set DATA=" >&2; exit 1; }
 # use the repository's virtual environment (scripts/setup.sh) when none is active
 if ! command -v fairseq-train > /dev/null && [ -x "$REPO_DIR/.venv/bin/fairseq-train" ]; then
   export PATH="$REPO_DIR/.venv/bin:$PATH"
