@@ -7,7 +7,7 @@
 # trained every NAT model on the references for ~0.4 h each (git history of results/results.md).
 # Budgets are wall-time: on a shared 2-core CPU the number of updates reached is what the time
 # allows (each checkpoints/NAME/DONE and the results table give it). LaNMT's KL-budget schedule
-# is given in updates (LANMT_ARGS), since --max-update is not what ends the run.
+# is train_lanmt.sh's (in updates, held for the whole run); LANMT_ARGS adds options.
 # Usage: nohup examples/multi30k/run_results.sh > examples/multi30k/work/logs/results.log 2>&1 &
 # Budgets (hours) override with LANMT_H, CMLM_H, REFINE_H, SCORE_H, ENERGY_H.
 set -euo pipefail
@@ -18,7 +18,7 @@ export WARMUP=${WARMUP:-100}
 # smaller batches than the teacher's 4096 tokens: in a budget of ~1 CPU-hour the NAT models are
 # limited by the number of updates, not by gradient noise
 NAT_ARGS=${NAT_ARGS:---max-tokens 2048}
-LANMT_ARGS=${LANMT_ARGS:---kl-budget-hold-updates 400 --kl-budget-anneal-updates 400}
+LANMT_ARGS=${LANMT_ARGS:-}
 BIG=100000  # the NAT trainings stop on their wall-time budget, not on updates
 stamp() { echo "=== [$(date -u +%H:%M:%S)] $*"; }
 

@@ -25,6 +25,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from nar_refine.criterions.token_loss import item, log_accuracy, log_terms, masked_token_loss
+from nar_refine.errors import NARConfigError
 from nar_refine.models.refine_nat import RefinePlan
 from nar_refine.modules.corruption import corrupt, parse_corruptions
 
@@ -68,9 +69,9 @@ class RefineNATLoss(FairseqCriterion):
                  corruption_rate_end, latent_approximation, length_loss_factor, label_smoothing):
         super().__init__(task)
         if refine_passes < 1:
-            raise ValueError("--refine-passes must be >= 1")
+            raise NARConfigError(f"--refine-passes must be >= 1, got {refine_passes}")
         if not 0.0 <= lvm_alpha <= 1.0:
-            raise ValueError("--lvm-alpha must lie in [0, 1]")
+            raise NARConfigError(f"--lvm-alpha must lie in [0, 1], got {lvm_alpha}")
         self.passes = refine_passes
         self.alpha = lvm_alpha
         self.ops = parse_corruptions(corruption)

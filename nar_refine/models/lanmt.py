@@ -102,7 +102,7 @@ class LaNMTModel(BaseFairseqModel):
         self.max_target_positions = args.max_target_positions
         dim = args.encoder_embed_dim
         if args.decoder_embed_dim != dim:
-            raise ValueError("lanmt uses one hidden size: --encoder-embed-dim must equal --decoder-embed-dim")
+            raise NARConfigError("lanmt uses one hidden size: --encoder-embed-dim must equal --decoder-embed-dim")
         ffn, heads, drop = args.encoder_ffn_embed_dim, args.encoder_attention_heads, args.dropout
         max_pos = args.max_target_positions + tgt_dict.pad() + 1
 
@@ -169,7 +169,7 @@ class LaNMTModel(BaseFairseqModel):
         enc_emb = Embedding(len(src_dict), args.encoder_embed_dim, src_dict.pad())
         if args.share_all_embeddings:
             if src_dict != tgt_dict:
-                raise ValueError("--share-all-embeddings needs a joined dictionary "
+                raise NARConfigError("--share-all-embeddings needs a joined dictionary "
                                  "(fairseq-preprocess --joined-dictionary)")
             tgt_emb = enc_emb
         else:

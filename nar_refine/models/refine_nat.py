@@ -38,6 +38,7 @@ from fairseq.models import (
 )
 from fairseq.models.transformer import Embedding, TransformerEncoder, TransformerModel
 
+from nar_refine.errors import NARConfigError
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean, uniform_copy
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
 
@@ -83,10 +84,9 @@ def encode_source(encoder, src_tokens, src_lengths, pad, eos, layer_sum=False):
 
 
 def require_nar_task(task, model_name):
-    """nar_refine models are trained and decoded by the nar_translation task only."""
-    from nar_refine.tasks.nar_translation import NARConfigError, NARTranslationTask
-
-    if not isinstance(task, NARTranslationTask):
+    """nar_refine models are trained and decoded by the nar_translation task only (checked by
+    the task's marker attribute, so models need not import tasks: imports flow one way)."""
+    if not getattr(task, "is_nar_translation_task", False):
         raise NARConfigError(
             f"{model_name} needs --task nar_translation (got {type(task).__name__}); that task "
             f"owns the non-autoregressive generators"
@@ -140,7 +140,7 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         enc_emb = Embedding(len(src_dict), args.encoder_embed_dim, src_dict.pad())
         if args.share_all_embeddings:
             if src_dict != tgt_dict:
-                raise ValueError("--share-all-embeddings needs a joined dictionary (fairseq-preprocess --joined-dictionary)")
+                raise NARConfigError("--share-all-embeddings needs a joined dictionary (fairseq-preprocess --joined-dictionary)")
             dec_emb = enc_emb
         else:
             dec_emb = Embedding(len(tgt_dict), args.decoder_embed_dim, tgt_dict.pad())
@@ -249,7 +249,7 @@ class RefineNATDecoder(FairseqDecoder):
         self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(dim)
         self.max_target_positions = args.max_target_positions
         if args.encoder_embed_dim != dim:
-            raise ValueError("refine_nat copies source embeddings: encoder and decoder dims must match")
+            raise NARConfigError("refine_nat copies source embeddings: --encoder-embed-dim must equal --decoder-embed-dim")
 
         def stack(layers):
             return ParallelTransformerStack(

@@ -9,15 +9,17 @@ used, which fairseq reseeds every update: resumed training corrupts exactly as b
 
 import torch
 
+from nar_refine.errors import NARConfigError
+
 CORRUPTION_OPS = ("swap", "replace", "repeat")
 
 
 def parse_corruptions(spec):
-    """'swap,replace' -> ('swap', 'replace'); unknown names raise a ValueError that lists the valid ones."""
+    """'swap,replace' -> ('swap', 'replace'); unknown names raise a NARConfigError that lists the valid ones."""
     names = tuple(n.strip() for n in spec.split(",") if n.strip())
     unknown = [n for n in names if n not in CORRUPTION_OPS]
     if unknown or not names:
-        raise ValueError(
+        raise NARConfigError(
             f"unknown corruption(s) {unknown or spec!r}; choose a comma-separated subset of "
             f"{', '.join(CORRUPTION_OPS)}"
         )

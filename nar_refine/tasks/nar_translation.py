@@ -42,6 +42,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from nar_refine import input_checks
 from nar_refine.errors import NARConfigError  # noqa: F401  (re-exported for old imports)
+from nar_refine.inference import build_nar_generator
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +87,15 @@ class NARTranslationConfig(TranslationConfig):
         default=1,
         metadata={
             "help": "latent search: number of latent candidates per sentence (prior mean plus "
-            "scaled noise), refined in one batch and rescored; 1 disables the search"
+            "scaled noise), refined in one batch and rescored; 1 disables the search (>= 1; "
+            "latent decodings only: refine_nat has no latent, its candidates are the length "
+            "beam, --iter-decode-with-beam)"
         },
     )
     latent_search_noise: float = field(
         default=0.5,
-        metadata={"help": "latent search: candidates are mu + noise * sigma * N(0, I)"},
+        metadata={"help": "latent search: candidates are mu + noise * sigma * N(0, I) (finite, "
+                  ">= 0; 0 = every candidate is the prior mean)"},
     )
     delta_ascent_check: bool = field(
         default=False,
@@ -106,15 +110,19 @@ class NARTranslationConfig(TranslationConfig):
         default=None,
         metadata={
             "help": "checkpoint of an autoregressive fairseq translation model that rescores "
-            "latent-search candidates (sum of token log-probabilities); without it candidates "
-            "are scored by the NAT's own log p(y|z,x)"
+            "candidates by the sum of its token log-probabilities: latent-search candidates "
+            "(without it they are scored by the NAT's own log p(y|z,x)), and with --decoding "
+            "refine the length-beam candidates of --iter-decode-with-beam L > 1 (without it "
+            "refine_nat ranks them itself)"
         },
     )
     score_steps: int = field(
-        default=1, metadata={"help": "score/energy inference: number of updates z <- z + alpha*S(z;x)"}
+        default=1, metadata={"help": "score/energy inference: number of updates "
+                             "z <- z + alpha*S(z;x) (>= 0; 0 = decode the prior mean)"}
     )
     score_alpha: float = field(
-        default=1.0, metadata={"help": "score/energy inference: step size alpha"}
+        default=1.0, metadata={"help": "score/energy inference: step size alpha (positive, "
+                               "finite)"}
     )
     score_line_search: Optional[str] = field(
         default=None,
@@ -204,6 +212,7 @@ class NARTranslationTask(TranslationTask):
     """Translation with non-autoregressive latent-variable / refinement models."""
 
     cfg: NARTranslationConfig
+    is_nar_translation_task = True  # what models check (they do not import tasks)
 
     def build_model(self, cfg, from_checkpoint=False):
         # FairseqTask's build, not TranslationTask's: that one would build a validation
@@ -283,8 +292,6 @@ class NARTranslationTask(TranslationTask):
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
                         prefix_allowed_tokens_fn=None):
-        from nar_refine.inference import build_nar_generator
-
         return build_nar_generator(self, models, args)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
