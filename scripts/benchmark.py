@@ -8,7 +8,9 @@ Systems (each row "missing checkpoint" when its checkpoint does not exist):
 
   * AR Transformer teacher, beam 1 and beam 5 (fairseq SequenceGenerator, task translation)
   * fairseq's CMLM (task translation_lev, IterativeRefinementGenerator), 1/4/10 iterations
-  * refine_nat: adaptive refinement (max 10 steps) and fixed 1/2/4/10 steps
+  * refine_nat: adaptive refinement (max 10 steps) and fixed 1/2/4/10 steps; adaptive with a
+    length beam of 3 (--iter-decode-with-beam), ranked by refine_nat itself and reranked by the
+    teacher (--teacher-path)
   * LaNMT: prior, delta inference (<= 1/2/4 steps; the plain chain, and with --delta-ascent-check),
     latent search m = 5/10/20 rescored by the teacher
   * score inference, score inference + latent search (teacher), energy inference
@@ -115,6 +117,8 @@ def get_parser():
     p.add_argument("--refine-steps", type=int_list, default=[1, 2, 4, 10],
                    help="refine_nat fixed refinement steps (--iter-decode-force-max-iter)")
     p.add_argument("--refine-length-beam", type=int, default=1, help="refine_nat --iter-decode-with-beam")
+    p.add_argument("--refine-rerank-beams", type=int_list, default=[3],
+                   help="refine_nat length beams (adaptive) run without and with teacher reranking")
     p.add_argument("--delta-steps", type=int_list, default=[1, 2, 4], help="LaNMT delta inference, max steps")
     p.add_argument("--search-sizes", type=int_list, default=[5, 10, 20],
                    help="LaNMT latent search: candidates m (rescored by the teacher)")
@@ -171,6 +175,15 @@ def build_systems(a, ckpts):
                           "refine_nat", "refine_nat",
                           refine + ["--iter-decode-max-iter", str(k), "--iter-decode-force-max-iter"],
                           series="refine_nat (fixed steps)", passes=k + 1))
+    for lb in a.refine_rerank_beams:
+        beam = nar + ["--decoding", "refine", "--iter-decode-with-beam", str(lb),
+                      "--iter-decode-max-iter", str(a.refine_max_iter)]
+        out.append(System(f"refine_nat.beam{lb}", f"refine_nat, adaptive, length beam {lb}",
+                          "refine_nat", "refine_nat", beam))
+        out.append(System(f"refine_nat.beam{lb}.teacher",
+                          f"refine_nat, adaptive, length beam {lb} (teacher reranking)",
+                          "refine_nat", "refine_nat", beam + ["--teacher-path", teacher],
+                          needs=["teacher"]))
     out.append(System("lanmt.prior", "LaNMT, prior mean (no refinement)", "LaNMT", "lanmt",
                       nar + ["--decoding", "prior"], series="LaNMT delta (max steps)", passes=1))
     for ascent in (False, True):  # the paper's plain chain (default), then with the ascent check

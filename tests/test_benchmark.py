@@ -67,6 +67,7 @@ def test_every_system_is_measured(work, toy_data):
     rows = {r["key"]: r for r in res["systems"]}
     expected = {"ar.beam1", "ar.beam5", "cmlm.iter1", "cmlm.iter4", "cmlm.iter10", "refine_nat.adaptive10",
                 "refine_nat.fixed1", "refine_nat.fixed2", "refine_nat.fixed4", "refine_nat.fixed10",
+                "refine_nat.beam3", "refine_nat.beam3.teacher",
                 "lanmt.prior", "lanmt.delta1", "lanmt.delta2", "lanmt.delta4", "lanmt.delta1.ascent",
                 "lanmt.delta2.ascent", "lanmt.delta4.ascent", "lanmt.search2", "lanmt.search3", "score.steps1", "score.search3", "energy.steps1"}
     assert set(rows) == expected
@@ -87,6 +88,12 @@ def test_every_system_is_measured(work, toy_data):
     # delta rows run the paper's plain chain (the default); the ascent check has rows of its own
     assert "--delta-ascent-check" in rows["lanmt.delta2.ascent"]["fairseq_generate"]
     assert "--delta-ascent-check" not in rows["lanmt.delta2"]["fairseq_generate"]
+    # refine_nat's length beam, ranked by itself and reranked by the AR teacher (issue 11.3)
+    for key in ("refine_nat.beam3", "refine_nat.beam3.teacher"):
+        assert "--iter-decode-with-beam 3" in rows[key]["fairseq_generate"]
+    assert "--teacher-path" not in rows["refine_nat.beam3"]["fairseq_generate"]
+    assert "--teacher-path" in rows["refine_nat.beam3.teacher"]["fairseq_generate"]
+    assert rows["refine_nat.beam3.teacher"]["needs"] == ["teacher"]
     assert "at_or_above_cmlm_frontier" in rows["score.steps1"]
     for png in ("latency_vs_length.png", "bleu_vs_steps.png", "bleu_vs_latency.png"):
         assert (out / png).stat().st_size > 5000, png

@@ -1,6 +1,66 @@
 """Generators for ``fairseq-generate --task nar_translation --decoding ...``."""
 
-from nar_refine.tasks.nar_translation import NARConfigError
+import logging
+import math
+
+from nar_refine.errors import NARConfigError
+from nar_refine.inference.adaptive_refinement import AdaptiveRefinementGenerator
+from nar_refine.inference.latent_refinement import build_latent_generator, delta_refiner
+from nar_refine.inference.score_inference import build_score_generator, parse_step_sizes
+from nar_refine.inference.teacher import TeacherScorer
+from nar_refine.models.lanmt import LaNMTModel
+from nar_refine.models.refine_nat import RefineNATModel
+
+logger = logging.getLogger(__name__)
+
+
+def validate_decoding_options(task, gen_args, decoding):
+    """Every decoding option checked once, before a generator (or a teacher) is built: one
+    :class:`NARConfigError` that names each bad value (fairseq's parser only checks types)."""
+    cfg = task.cfg
+    bad = []
+
+    def need(ok, text):
+        if not ok:
+            bad.append(text)
+
+    max_iter = getattr(gen_args, "iter_decode_max_iter", 10)
+    beam = getattr(gen_args, "iter_decode_with_beam", 1)
+    need(max_iter >= 0, f"--iter-decode-max-iter must be >= 0 (0 = no refinement step), got {max_iter}")
+    need(beam >= 1, f"--iter-decode-with-beam must be >= 1 (1 = the best length only), got {beam}")
+    window = getattr(cfg, "adaptive_window", 2)
+    min_steps = getattr(cfg, "adaptive_min_steps", 3)
+    need(window >= 0, f"--adaptive-window must be >= 0 (0 = never stop early), got {window}")
+    need(min_steps >= 0, f"--adaptive-min-steps must be >= 0 (0 = no minimum), got {min_steps}")
+    m = getattr(cfg, "latent_search_size", 1)
+    need(m is not None and m >= 1,
+         f"--latent-search-size must be >= 1 (1 = no search), got {m}")
+    noise = getattr(cfg, "latent_search_noise", 0.5)
+    need(noise is not None and math.isfinite(noise) and noise >= 0,
+         f"--latent-search-noise must be finite and >= 0 (0 = every candidate is the prior "
+         f"mean), got {noise}")
+    steps = getattr(cfg, "score_steps", 1)
+    need(steps >= 0, f"--score-steps must be >= 0 (0 = decode the prior mean), got {steps}")
+    alpha = getattr(cfg, "score_alpha", 1.0)
+    need(alpha is not None and math.isfinite(alpha) and alpha > 0,
+         f"--score-alpha must be positive and finite, got {alpha}")
+    if bad:
+        raise NARConfigError("; ".join(bad))
+    parse_step_sizes(getattr(cfg, "score_line_search", None))  # its own line when wrong
+    if decoding == "refine" and m > 1:
+        raise NARConfigError(
+            f"--latent-search-size {m} with --decoding refine: refine_nat has no latent to "
+            f"search; for several candidates per sentence use its length beam "
+            f"(--iter-decode-with-beam L), which --teacher-path reranks")
+    if getattr(cfg, "teacher_path", None) and (beam if decoding == "refine" else m) < 2:
+        # a warning, not an error: the Python API may keep a teacher across calls
+        what = ("reranks refine_nat's length-beam candidates, but --iter-decode-with-beam is 1; "
+                "pass --iter-decode-with-beam L (e.g. 3 or 5)" if decoding == "refine" else
+                "rescores latent-search candidates, but --latent-search-size is 1; pass "
+                "--latent-search-size M (e.g. 10)")
+        logger.warning("--teacher-path %s: one candidate per sentence, the teacher is not used",
+                       what)
+
 
 def build_nar_generator(task, models, gen_args):
     """Pick and configure the generator named by ``--decoding`` for these models."""
@@ -16,17 +76,17 @@ def build_nar_generator(task, models, gen_args):
                 f"{type(model).__name__} is not a nar_refine model; fairseq-generate "
                 f"--task nar_translation decodes refine_nat, lanmt and score/energy models"
             )
+    validate_decoding_options(task, gen_args, decoding)
     if decoding == "refine":
-        from nar_refine.models.refine_nat import RefineNATModel
-
         if not isinstance(model, RefineNATModel):
             raise NARConfigError(
                 f"--decoding refine needs a refine_nat model, but the checkpoint holds "
                 f"{type(model).__name__} ({family}); use --decoding prior/delta/score/energy "
                 f"for latent-variable models"
             )
-        from nar_refine.inference.adaptive_refinement import AdaptiveRefinementGenerator
-
+        scorer = None
+        if task.cfg.teacher_path:  # reranks the length-beam candidates
+            scorer = TeacherScorer.from_path(task.cfg.teacher_path, task, like=model)
         return AdaptiveRefinementGenerator(
             task.target_dictionary,
             max_iter=getattr(gen_args, "iter_decode_max_iter", 10),
@@ -36,21 +96,16 @@ def build_nar_generator(task, models, gen_args):
             max_len=model.max_positions()[1],
             window=task.cfg.adaptive_window,
             min_steps=task.cfg.adaptive_min_steps,
+            scorer=scorer,
         )
     if decoding in ("score", "energy"):
-        from nar_refine.inference.score_inference import build_score_generator
-
         return build_score_generator(task, model, gen_args, decoding)
     if decoding in ("prior", "delta"):
-        from nar_refine.models.lanmt import LaNMTModel
-
         if not isinstance(model, LaNMTModel):
             raise NARConfigError(
                 f"--decoding {decoding} needs a lanmt model, but the checkpoint holds "
                 f"{type(model).__name__} ({family})"
             )
-        from nar_refine.inference.latent_refinement import build_latent_generator, delta_refiner
-
         if decoding == "prior":
             return build_latent_generator(task, model, gen_args)
         return build_latent_generator(

@@ -6,7 +6,10 @@
    stops, and leaves the batch, once it has converged (below);
 4. among the length candidates keep the best by mean token log-probability plus the length
    log-probability log p(T|x) (the mean alone prefers short outputs: every position of a
-   too-short copy can still be confident).
+   too-short copy can still be confident); with a ``scorer`` (``--teacher-path``: an
+   autoregressive teacher, sum of log p_AR(y|x) over the tokens and </s>) the candidates are
+   reranked by it instead, all B x L of them in one batched forward pass, as fairseq's
+   ``--iter-decode-with-external-reranker`` and LaNMT's rescoring do.
 
 Convergence. Decoder 2 reads the previous hidden state as well as the previous tokens, so
 y^l == y^{l-1} is *not* a fixed point: the hidden state can still move and change the tokens
@@ -37,18 +40,18 @@ is within 0.7 points of it, or above, at 3.2-3.4 steps. Default: ``window=2, min
 
 import torch
 
-from nar_refine.errors import NARConfigError
+from torch.nn.utils.rnn import pad_sequence
+
 from nar_refine.inference.hypotheses import make_hypothesis
 
 
 class AdaptiveRefinementGenerator:
     def __init__(self, tgt_dict, max_iter=10, adaptive=True, length_beam=1, retain_history=False,
-                 max_len=256, window=2, min_steps=3):
-        if window < 0 or min_steps < 0 or max_iter < 0:
-            raise NARConfigError(
-                f"--adaptive-window ({window}), --adaptive-min-steps ({min_steps}) and "
-                f"--iter-decode-max-iter ({max_iter}) must be >= 0"
-            )
+                 max_len=256, window=2, min_steps=3, scorer=None, keep_candidates=False):
+        """Options are validated by ``validate_decoding_options`` (nar_refine.inference).
+        ``scorer(src_tokens, src_lengths, tokens, lprobs) -> scores`` reranks the length
+        candidates (higher is better); ``keep_candidates`` stores all of them in
+        ``hypo["candidates"]`` with the model's own rank score and the scorer's (inspection)."""
         self.pad, self.eos = tgt_dict.pad(), tgt_dict.eos()
         self.max_iter = max_iter
         self.adaptive = adaptive and window > 0
@@ -57,6 +60,8 @@ class AdaptiveRefinementGenerator:
         self.length_beam = max(1, length_beam)
         self.retain_history = retain_history
         self.max_len = max_len
+        self.scorer = scorer
+        self.keep_candidates = keep_candidates
 
     @torch.no_grad()
     def generate(self, models, sample, **unused):
@@ -99,14 +104,39 @@ class AdaptiveRefinementGenerator:
                 done = (stale[active] >= self.window) & (steps[active] >= self.min_steps)
                 active = active[~done]
 
-        # keep the best length candidate
-        rank = (lprobs.sum(-1) / lengths.float() + length_lp).view(bsz, beam)
-        best = rank.argmax(-1) + torch.arange(bsz, device=lengths.device) * beam
+        # keep the best length candidate: by the model's own rank, or by the scorer's
+        rank = lprobs.sum(-1) / lengths.float() + length_lp
+        scores = None
+        if self.scorer is not None and beam > 1:
+            scores = self.score_candidates(net, tokens, lprobs, beam)
+        best = (rank if scores is None else scores).view(bsz, beam).argmax(-1)
+        best = best + torch.arange(bsz, device=lengths.device) * beam
         hypos = []
-        for r in best.tolist():
+        for b, r in enumerate(best.tolist()):
             rows = [h[r] for h in history[: int(steps[r]) + 1]] if history is not None else None
-            hypos.append([make_hypothesis(tokens[r], lprobs[r], self.pad, self.eos, int(steps[r]), rows)])
+            hypo = make_hypothesis(tokens[r], lprobs[r], self.pad, self.eos, int(steps[r]), rows)
+            if scores is not None:
+                hypo["rerank_score"] = float(scores[r])
+            if self.keep_candidates:
+                hypo["candidates"] = [
+                    {"tokens": tokens[c][tokens[c].ne(self.pad)], "rank": float(rank[c]),
+                     "score": float(scores[c]) if scores is not None else None}
+                    for c in range(b * beam, (b + 1) * beam)]
+            hypos.append([hypo])
         return hypos
+
+    def score_candidates(self, net, tokens, lprobs, beam):
+        """The scorer's score of every candidate (B*L rows, sentence-major), on its tokens
+        as the hypothesis will print them (pads dropped, so a pad the decoder put inside a
+        row does not cut it short)."""
+        keep = tokens.ne(self.pad)
+        packed = pad_sequence([t[k] for t, k in zip(tokens, keep)], batch_first=True,
+                              padding_value=self.pad)
+        packed_lp = pad_sequence([p[k] for p, k in zip(lprobs, keep)], batch_first=True,
+                                 padding_value=0.0)
+        src = net["src_tokens"].repeat_interleave(beam, 0)
+        src_lengths = net["src_lengths"].repeat_interleave(beam, 0)
+        return self.scorer(src, src_lengths, packed, packed_lp).float()
 
     def _read(self, logits, lengths):
         """Argmax tokens and their log-probabilities, with pads beyond each length."""

@@ -39,7 +39,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from nar_refine.inference.hypotheses import make_hypothesis
-from nar_refine.inference.latent_search import expand_rows, latent_candidates, select_best
+from nar_refine.inference.latent_search import (build_candidate_scorer, expand_rows,
+                                                latent_candidates, select_best)
 
 
 def delta_refiner(model, enc, z):
@@ -220,8 +221,6 @@ def build_latent_generator(task, model, gen_args, refiner=None, max_iter=0, adap
                            ascent_check=False):
     """A ``LatentRefinementGenerator`` configured from the task's and fairseq's options
     (``--latent-search-size/-noise``, ``--teacher-path``, ``--retain-iter-history``)."""
-    from nar_refine.inference.latent_search import build_candidate_scorer
-
     m = max(1, int(getattr(task.cfg, "latent_search_size", 1) or 1))
     return LatentRefinementGenerator(
         task.target_dictionary,

@@ -11,6 +11,8 @@ import logging
 
 import torch
 
+from nar_refine.inference.teacher import TeacherScorer
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,8 +56,6 @@ def build_candidate_scorer(task, model=None):
     """The teacher named by ``--teacher-path``, else the model's own likelihood (logged)."""
     path = getattr(task.cfg, "teacher_path", None)
     if path:
-        from nar_refine.inference.teacher import TeacherScorer
-
         return TeacherScorer.from_path(path, task, like=model)
     logger.info("latent search: no --teacher-path given, candidates are scored by the NAT's own "
                 "log p(y|z,x) (mean token log-probability)")

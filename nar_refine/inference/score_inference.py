@@ -19,6 +19,8 @@ import math
 import torch
 
 from nar_refine.errors import NARConfigError
+from nar_refine.inference.latent_refinement import build_latent_generator
+from nar_refine.models.inference_network import InferenceNetworkModel
 
 
 def parse_step_sizes(text):
@@ -66,9 +68,6 @@ class ScoreRefiner:
 
 def build_score_generator(task, model, gen_args, decoding):
     """The generator for ``--decoding score|energy``, configured from the task's options."""
-    from nar_refine.inference.latent_refinement import build_latent_generator
-    from nar_refine.models.inference_network import InferenceNetworkModel
-
     if not isinstance(model, InferenceNetworkModel):
         raise NARConfigError(
             f"--decoding {decoding} needs a score_net or energy_net checkpoint (an inference "
@@ -79,9 +78,7 @@ def build_score_generator(task, model, gen_args, decoding):
             f"--decoding {decoding} does not match the checkpoint's {model.nar_family}; "
             f"use --decoding {model.default_decoding} (or auto)"
         )
-    cfg = task.cfg
-    if cfg.score_steps < 0:
-        raise NARConfigError("--score-steps must be >= 0")
+    cfg = task.cfg  # values checked by validate_decoding_options (nar_refine.inference)
     refiner = ScoreRefiner(cfg.score_alpha, parse_step_sizes(cfg.score_line_search))
     # the score steps never decode, so there is nothing to stop on adaptively
     return build_latent_generator(task, model, gen_args, refiner=refiner,

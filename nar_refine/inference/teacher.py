@@ -1,4 +1,5 @@
-"""An autoregressive fairseq translation model that rescores NAT candidates.
+"""An autoregressive fairseq translation model that rescores NAT candidates (latent-search
+candidates of the latent generators, length-beam candidates of refine_nat).
 
 score(x, y) = sum_t log p_AR(y_t | y_<t, x) over y + </s>, by teacher forcing: one batched
 forward pass for all candidates. The teacher must share the task's dictionaries symbol for
@@ -104,7 +105,8 @@ class TeacherScorer:
         if like is not None:
             p = next(like.parameters())
             model = model.to(device=p.device, dtype=p.dtype)
-        logger.info("latent search: candidates are scored by the autoregressive teacher %s", path)
+        logger.info("candidates (latent search, or refine_nat's length beam) are scored by the "
+                    "autoregressive teacher %s", path)
         return cls(model, task.target_dictionary, path)
 
     @torch.no_grad()
