@@ -28,6 +28,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -192,6 +193,8 @@ def final_valid(log, key):
 
 def run_all(args):
     work = Path(args.work).resolve()
+    for old in ("bin", "checkpoints"):  # fairseq-preprocess refuses, fairseq-train would resume
+        shutil.rmtree(work / old, ignore_errors=True)
     run = Runner(work, args.threads)
     raw = write_two_style_corpus(work / "raw", n_test=args.test_sentences)
     data = str(work / "bin")
@@ -346,7 +349,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(REPO / "runs" / "two_mode_toy"),
-                   help="folder for the corpus, data-bin, checkpoints and CLI logs (default: %(default)s)")
+                   help="folder for the corpus, data-bin, checkpoints and CLI logs; its bin/ and "
+                   "checkpoints/ are deleted first (default: %(default)s)")
     p.add_argument("--out", default=str(REPO / "examples" / "toy_two_mode"),
                    help="folder for results.md and results.json (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
