@@ -69,6 +69,15 @@ def preprocess(raw, dest, extra=()):
     return dest
 
 
+# fairseq-train arguments of the tiny models that tests only decode with (quality does not matter)
+NAR = ["--task", "nar_translation"]
+OPTIM = ["--optimizer", "adam", "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt",
+         "--warmup-updates", "20", "--max-tokens", "2000", "--no-epoch-checkpoints",
+         "--disable-validation"]
+REFINE = [*NAR, "--arch", "refine_nat_tiny", "--criterion", "refine_nat_loss",
+          "--share-all-embeddings", *OPTIM]
+LANMT = [*NAR, "--arch", "lanmt_tiny", "--criterion", "lanmt_elbo", "--share-all-embeddings", *OPTIM]
+
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 

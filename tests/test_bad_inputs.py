@@ -15,16 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (AR_TEACHER_ARGS, USER_DIR, assert_user_error, cli, generate, parse_hypotheses,
-                     preprocess, run, train, write_toy_corpus)
+from helpers import (AR_TEACHER_ARGS, LANMT, NAR, OPTIM, REFINE, USER_DIR, assert_user_error, cli, generate,
+                     parse_hypotheses, preprocess, run, train, write_toy_corpus)
 
-NAR = ["--task", "nar_translation"]
-OPTIM = ["--optimizer", "adam", "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt",
-         "--warmup-updates", "20", "--max-tokens", "2000", "--no-epoch-checkpoints",
-         "--disable-validation"]
-REFINE = [*NAR, "--arch", "refine_nat_tiny", "--criterion", "refine_nat_loss",
-          "--share-all-embeddings", *OPTIM]
-LANMT = [*NAR, "--arch", "lanmt_tiny", "--criterion", "lanmt_elbo", "--share-all-embeddings", *OPTIM]
 SOURCE_LIMIT = 16  # --max-source-positions of the refine_nat fixture: 15 words + </s>
 LONG_LINE = " ".join(f"w{i % 24}" for i in range(20))  # 20 words + </s> = 21 tokens
 

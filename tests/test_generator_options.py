@@ -12,15 +12,8 @@ import math
 import pytest
 import torch
 
-from helpers import (USER_DIR, assert_user_error, generate, parse_hypotheses, train)
+from helpers import LANMT, NAR, REFINE, USER_DIR, assert_user_error, generate, parse_hypotheses, train
 
-NAR = ["--task", "nar_translation"]
-OPTIM = ["--optimizer", "adam", "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt",
-         "--warmup-updates", "20", "--max-tokens", "2000", "--no-epoch-checkpoints",
-         "--disable-validation"]
-REFINE = [*NAR, "--arch", "refine_nat_tiny", "--criterion", "refine_nat_loss",
-          "--share-all-embeddings", *OPTIM]
-LANMT = [*NAR, "--arch", "lanmt_tiny", "--criterion", "lanmt_elbo", "--share-all-embeddings", *OPTIM]
 N_TEST = 60  # sentences of the toy test split
 
 

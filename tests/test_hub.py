@@ -3,7 +3,7 @@ sentences with its decoding options, the same output as fairseq-generate gives."
 
 import pytest
 
-from helpers import generate, parse_hypotheses, train
+from helpers import parse_hypotheses, train
 
 NAR = ["--task", "nar_translation", "--share-all-embeddings"]
 OPTIM = ["--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt",

@@ -9,15 +9,15 @@ teacher are trained on it once per session and shared by every test.
 """
 
 import argparse
+import importlib.util
 import math
-import random
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import USER_DIR, cli, generate, parse_hypotheses, preprocess, run, train, train_ar_teacher
+from helpers import REPO, USER_DIR, cli, generate, parse_hypotheses, preprocess, run, train, train_ar_teacher
 
 N_TEST = 60  # sentences in the toy test split
 NAR = ["--task", "nar_translation"]
@@ -33,22 +33,13 @@ FIXTURE_ARGS = ["--kl-budget-hold-updates", "100", "--kl-budget-anneal-updates",
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-def write_two_style_corpus(folder, n_train=2000, n_valid=100, n_test=N_TEST, vocab=24, min_len=3,
-                           max_len=8, seed=1):
-    """'w3 w5' -> 'W3 W5' or 'V3 V5' (one style per sentence, by a fair coin)."""
-    rng = random.Random(seed)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
-        src, tgt = [], []
-        for _ in range(n):
-            ids = [rng.randrange(vocab) for _ in range(rng.randint(min_len, max_len))]
-            style = rng.choice("WV")
-            src.append(" ".join(f"w{i}" for i in ids))
-            tgt.append(" ".join(f"{style}{i}" for i in ids))
-        (folder / f"{split}.src").write_text("\n".join(src) + "\n")
-        (folder / f"{split}.tgt").write_text("\n".join(tgt) + "\n")
-    return folder
+def write_two_style_corpus(folder, n_test=N_TEST):
+    """'w3 w5' -> 'W3 W5' or 'V3 V5' (one style per sentence, by a fair coin): the corpus of
+    scripts/two_mode_toy.py, whose generator is used here (same seed and draws)."""
+    spec = importlib.util.spec_from_file_location("two_mode_toy", REPO / "scripts" / "two_mode_toy.py")
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    return toy.write_two_style_corpus(folder, n_test=n_test)
 
 
 @pytest.fixture(scope="session")
