@@ -125,7 +125,7 @@ class LaNMTELBO(FairseqCriterion):
         kl = kl_pos[kl_mask].sum()
         kl_loss = kl_pos[kl_mask].clamp(min=budget).sum()  # free bits: max(KL_i, b)
         length = out["length"]
-        length_loss = F.cross_entropy(length["out"], length["tgt"], reduction="sum")
+        length_loss = F.cross_entropy(length["out"].float(), length["tgt"], reduction="sum")  # fp16-safe
         length_correct = (length["out"].argmax(-1) == length["tgt"]).sum()
         ntokens = int(word["mask"].sum())
         nsentences = sample["target"].size(0)

@@ -33,7 +33,7 @@ from nar_refine.modules.corruption import corrupt, parse_corruptions
 @dataclass
 class RefineNATLossConfig(FairseqDataclass):
     refine_passes: int = field(
-        default=4, metadata={"help": "K: decoder passes in training (decoder 1 + K-1 refinements)"}
+        default=4, metadata={"help": "K: decoder passes in training (decoder 1 + K-1 refinements), K >= 2"}
     )
     lvm_alpha: float = field(
         default=0.5,
@@ -68,8 +68,13 @@ class RefineNATLoss(FairseqCriterion):
     def __init__(self, task, refine_passes, lvm_alpha, corruption, corruption_rate_start,
                  corruption_rate_end, latent_approximation, length_loss_factor, label_smoothing):
         super().__init__(task)
-        if refine_passes < 1:
-            raise NARConfigError(f"--refine-passes must be >= 1, got {refine_passes}")
+        if refine_passes < 2:
+            # one pass trains only the first decoder: the refinement decoder gets no gradient and
+            # DDP (find_unused_parameters=False) fails on the next step
+            raise NARConfigError(
+                f"--refine-passes must be >= 2, got {refine_passes}: with one pass the refinement "
+                "decoder is never used, so it is not trained and multi-GPU (DDP) training fails; "
+                "use --refine-passes 2 or more (default 4)")
         if not 0.0 <= lvm_alpha <= 1.0:
             raise NARConfigError(f"--lvm-alpha must lie in [0, 1], got {lvm_alpha}")
         self.passes = refine_passes
@@ -105,7 +110,7 @@ class RefineNATLoss(FairseqCriterion):
         outputs = model(net["src_tokens"], net["src_lengths"], net.get("prev_output_tokens"),
                         tgt_tokens=sample["target"], plan=self.plan(model.training))
         length = outputs.pop("length")
-        length_loss = F.cross_entropy(length["out"], length["tgt"], reduction="sum")
+        length_loss = F.cross_entropy(length["out"].float(), length["tgt"], reduction="sum")  # fp16-safe
         length_correct = (length["out"].argmax(-1) == length["tgt"]).sum()
         ntokens = int(outputs["pass_0"]["mask"].sum())
         nsentences = sample["target"].size(0)

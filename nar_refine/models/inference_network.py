@@ -269,7 +269,8 @@ class InferenceNetworkModel(BaseFairseqModel):
     # -- the inference network ------------------------------------------------------------------
     def score(self, enc, z):
         """S(z; x), B x S x d (0 at source pads): the predicted move of delta inference."""
-        return self.net(z, enc["padding_mask"], enc["states"], enc["padding_mask"])
+        # z is fp32 (the LaNMT's Gaussian heads are); the network runs in the model dtype
+        return self.net(z.to(enc["states"].dtype), enc["padding_mask"], enc["states"], enc["padding_mask"])
 
     def score_step(self, enc, z, alpha=1.0):
         """One refinement update z <- z + alpha * S(z; x) (Lee, Shu & Cho 2020, eq. 9)."""
@@ -318,7 +319,8 @@ class EnergyNetworkModel(InferenceNetworkModel):
     def energy_value(self, enc, z):
         """E(z; x) per sentence (B): per-position energies summed over real positions, so
         that -dE/dz_i does not shrink with the sentence length."""
-        return self.net(z, enc["padding_mask"], enc["states"], enc["padding_mask"]).sum((1, 2))
+        return self.net(z.to(enc["states"].dtype), enc["padding_mask"], enc["states"],
+                        enc["padding_mask"]).sum((1, 2))
 
     def score(self, enc, z):
         """S = -dE/dz; a differentiable function of the weights while training (create_graph)."""

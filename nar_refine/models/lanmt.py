@@ -47,7 +47,10 @@ from nar_refine.models.refine_nat import SourceEncoding, _nat_defaults, encode_s
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
 
-_MIN_SIGMA = 1e-5  # keeps log(sigma) finite when softplus underflows
+# floor on sigma: keeps log(sigma) and the KL gradient (about -1/sigma) finite. 1e-4 is the
+# smallest decade where sigma and 1/sigma are both normal fp16 numbers (fp16's smallest normal is
+# 6.1e-5, its largest 65504), so a consumer that casts sigma to half gets no subnormal or inf.
+_MIN_SIGMA = 1e-4
 
 
 def length_transform(states, src_padding_mask, tgt_lengths, width):
@@ -58,16 +61,18 @@ def length_transform(states, src_padding_mask, tgt_lengths, width):
     gives the diagonal). Works for left- or right-padded sources. Returns (B x T x C output,
     B x T x S weights); rows of pad target positions are valid weights too (masked later).
     """
+    # positions, centres and squared distances in fp32 whatever the model dtype: in fp16 the
+    # positions lose precision past 128 tokens and the squared distance overflows past 256
     real = ~src_padding_mask
-    src_len = real.sum(1).clamp(min=1).to(states.dtype)  # S_b
-    src_pos = (real.long().cumsum(1) - 1).to(states.dtype)  # position of i among real tokens
-    tgt_len = tgt_lengths.clamp(min=1).to(states.dtype)
-    t = torch.arange(int(tgt_lengths.max().clamp(min=1)), device=states.device, dtype=states.dtype)
+    src_len = real.sum(1).clamp(min=1).float()  # S_b
+    src_pos = (real.long().cumsum(1) - 1).float()  # position of i among real tokens
+    tgt_len = tgt_lengths.clamp(min=1).float()
+    t = torch.arange(int(tgt_lengths.max().clamp(min=1)), device=states.device, dtype=torch.float32)
     centre = (t[None, :] + 0.5) * (src_len / tgt_len)[:, None] - 0.5  # B x T
     dist2 = (src_pos[:, None, :] - centre[:, :, None]) ** 2  # B x T x S
-    logits = -dist2 / (2.0 * width**2)
+    logits = -dist2 / (2.0 * torch.as_tensor(width).float() ** 2)
     logits = logits.masked_fill(src_padding_mask[:, None, :], float("-inf"))
-    weights = torch.softmax(logits, dim=-1)
+    weights = torch.softmax(logits, dim=-1).to(states.dtype)
     return torch.bmm(weights, states), weights
 
 
@@ -188,9 +193,11 @@ class LaNMTModel(BaseFairseqModel):
         return enc
 
     def _gaussian(self, proj, states, padding_mask):
-        mu, raw = proj(states).chunk(2, dim=-1)
+        """(mu, sigma) in fp32 whatever the model dtype: in fp16 softplus underflows and the KL
+        gradient (about -1/sigma) overflows to -inf for sigma <= 1e-3. Consumers cast z back."""
+        mu, raw = proj(states).float().chunk(2, dim=-1)
         sigma = F.softplus(raw).clamp(min=_MIN_SIGMA)
-        keep = (~padding_mask).unsqueeze(-1).type_as(mu)
+        keep = (~padding_mask).unsqueeze(-1).float()
         return mu * keep, sigma * keep + (1 - keep)  # pads: N(0, 1), harmless and finite
 
     def prior(self, enc):
@@ -206,7 +213,8 @@ class LaNMTModel(BaseFairseqModel):
 
     def length_logits(self, enc, z):
         """p(T - len(x) | z, x) logits from the masked mean of W z + prior states (LaNMT)."""
-        pooled = masked_mean(self.latent_to_hidden(z) + enc["prior_states"], enc["padding_mask"])
+        h = self.latent_to_hidden(z.to(self.latent_to_hidden.weight.dtype))
+        pooled = masked_mean(h + enc["prior_states"], enc["padding_mask"])
         return self.length_predictor(pooled)
 
     def predict_lengths(self, enc, z):
@@ -220,7 +228,7 @@ class LaNMTModel(BaseFairseqModel):
 
     def decode_logits(self, enc, z, tgt_lengths):
         """p(y|z,x) logits, B x T x V, for the given target lengths (one output projection)."""
-        h = self.latent_to_hidden(z)
+        h = self.latent_to_hidden(z.to(self.latent_to_hidden.weight.dtype))
         x, _ = length_transform(h, enc["padding_mask"], tgt_lengths, self.transform_width)
         if self.length_embed is not None:
             x = x + self.length_embed(tgt_lengths.clamp(1, self.max_target_positions))[:, None]
