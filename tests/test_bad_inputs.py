@@ -92,6 +92,17 @@ def test_refine_nat_under_translation_task(toy_data, tmp_path):
     assert no_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize("extra,phrase", [
+    (["--refine-passes", "1"], "--refine-passes must be >= 2"),
+    (["--lvm-alpha", "1.5"], "--lvm-alpha must lie in [0, 1]"),
+    (["--corruption", "swap,shuffle"], "unknown corruption"),
+])
+def test_bad_refine_training_options(toy_data, tmp_path, extra, phrase):
+    proc = fairseq_train(toy_data, tmp_path, [*REFINE, *extra])
+    assert_user_error(proc, phrase)
+    assert no_checkpoint(tmp_path)
+
+
 def test_refine_decoding_on_lanmt(toy_data, lanmt_ckpt):
     proc = generate(toy_data, lanmt_ckpt, [*NAR, "--decoding", "refine"], check=False)
     assert_user_error(proc, "--decoding refine needs a refine_nat model", "LaNMTModel")
