@@ -157,3 +157,18 @@ def assert_user_error(proc, *phrases, status=2):
     for phrase in phrases:
         assert phrase in errors[0], f"{phrase!r} not in: {errors[0]}"
     return errors[0]
+
+
+def teacher_one_by_one(teacher, task, src, tokens):
+    """Sum of token log-probs of ``tokens`` + </s> given ``src`` by fairseq's SequenceScorer:
+    one sentence at a time, no batching, no padding (what batched teacher scoring must equal)."""
+    import torch
+    from fairseq.sequence_scorer import SequenceScorer
+
+    eos = task.target_dictionary.eos()
+    target = torch.cat([tokens, tokens.new_tensor([eos])])[None]
+    prev = torch.cat([tokens.new_tensor([eos]), tokens])[None]
+    sample = {"net_input": {"src_tokens": src[None], "src_lengths": torch.tensor([src.numel()]),
+                            "prev_output_tokens": prev}, "target": target}
+    hypo = SequenceScorer(task.target_dictionary).generate([teacher], sample)[0][0]
+    return float(hypo["positional_scores"].sum())

@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from helpers import LANMT, NAR, REFINE, USER_DIR, assert_user_error, generate, parse_hypotheses, train
+from helpers import (LANMT, NAR, REFINE, USER_DIR, assert_user_error, generate, parse_hypotheses,
+                     teacher_one_by_one, train)
 
 N_TEST = 60  # sentences of the toy test split
 
@@ -89,20 +90,6 @@ def test_zero_where_allowed_decodes(toy_data, refine_ckpt, lanmt_ckpt):
 
 
 # -- the teacher reranks refine_nat's length beam ----------------------------------------------
-def _teacher_one_by_one(teacher, task, src, tokens):
-    """Sum of token log-probs of ``tokens`` + </s> given ``src`` by fairseq's SequenceScorer
-    (as tests/test_lanmt.py): one sentence at a time, no batching, no padding."""
-    from fairseq.sequence_scorer import SequenceScorer
-
-    eos = task.target_dictionary.eos()
-    target = torch.cat([tokens, tokens.new_tensor([eos])])[None]
-    prev = torch.cat([tokens.new_tensor([eos]), tokens])[None]
-    sample = {"net_input": {"src_tokens": src[None], "src_lengths": torch.tensor([src.numel()]),
-                            "prev_output_tokens": prev}, "target": target}
-    hypo = SequenceScorer(task.target_dictionary).generate([teacher], sample)[0][0]
-    return float(hypo["positional_scores"].sum())
-
-
 def test_teacher_reranks_length_beam(toy_data, refine_ckpt, ar_teacher):
     """The kept candidate is the argmax of the teacher's scores computed one by one, and
     differs from refine_nat's own choice for some sentences."""
@@ -129,7 +116,7 @@ def test_teacher_reranks_length_beam(toy_data, refine_ckpt, ar_teacher):
             src = src[src.ne(pad)]
             cands = hypos[0]["candidates"]
             assert len(cands) == 5
-            singles = [_teacher_one_by_one(gen.scorer.model, task, src, c["tokens"]) for c in cands]
+            singles = [teacher_one_by_one(gen.scorer.model, task, src, c["tokens"]) for c in cands]
             for c, single in zip(cands, singles):  # batched scores == one-by-one scores
                 assert math.isclose(c["score"], single, abs_tol=1e-3), (c["score"], single)
             chosen = hypos[0]["tokens"][:-1]  # without the final </s>

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, USER_DIR, cli, generate, parse_hypotheses, preprocess, run, train, train_ar_teacher
+from helpers import (REPO, USER_DIR, cli, generate, parse_hypotheses, preprocess, run, teacher_one_by_one,
+                     train, train_ar_teacher)
 
 N_TEST = 60  # sentences in the toy test split
 NAR = ["--task", "nar_translation"]
@@ -539,19 +540,6 @@ def test_latent_search_without_teacher_keeps_the_best_mean(lanmt):
     assert differing > 8, "candidates were (nearly) all identical: the test would prove little"
 
 
-def _teacher_one_by_one(teacher, task, src, tokens):
-    """Sum of token log-probs of ``tokens`` + </s> given ``src`` by fairseq's SequenceScorer."""
-    from fairseq.sequence_scorer import SequenceScorer
-
-    eos = task.target_dictionary.eos()
-    target = torch.cat([tokens, tokens.new_tensor([eos])])[None]
-    prev = torch.cat([tokens.new_tensor([eos]), tokens])[None]
-    sample = {"net_input": {"src_tokens": src[None], "src_lengths": torch.tensor([src.numel()]),
-                            "prev_output_tokens": prev}, "target": target}
-    hypo = SequenceScorer(task.target_dictionary).generate([teacher], sample)[0][0]
-    return float(hypo["positional_scores"].sum())
-
-
 def test_latent_search_keeps_the_best_teacher_candidate(lanmt, two_style_teacher):
     from nar_refine.inference.latent_refinement import LatentRefinementGenerator, delta_refiner
     from nar_refine.inference.teacher import TeacherScorer
@@ -571,7 +559,7 @@ def test_latent_search_keeps_the_best_teacher_candidate(lanmt, two_style_teacher
             src = src[src.ne(task.source_dictionary.pad())]
             cands = hypo[0]["candidates"]
             assert len(cands) == m
-            singles = [_teacher_one_by_one(teacher.model, task, src, c["tokens"]) for c in cands]
+            singles = [teacher_one_by_one(teacher.model, task, src, c["tokens"]) for c in cands]
             for c, single in zip(cands, singles):  # batched scores == one-by-one scores
                 assert math.isclose(c["score"], single, abs_tol=1e-3), (c["score"], single)
             chosen = hypo[0]["tokens"][:-1]  # without the final </s>
