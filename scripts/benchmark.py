@@ -34,6 +34,14 @@ Clocks: time.perf_counter, with torch.cuda.synchronize() before each reading und
 
 Outputs in --out: results.md, results.json, latency_vs_length.png, bleu_vs_steps.png,
 bleu_vs_latency.png, hyps/SYSTEM.txt (detokenised hypotheses in test order).
+
+Extra source files (e.g. the blind test sets, sources only): ``--translate FILE`` (repeatable) or
+``--translate-dir DIR`` (every ``*.SRC`` file in it). Each raw file is segmented with the
+pipeline's subword model (WORK/spm/spm.model, or Moses + WORK/fastbpe/codes) and binarised with
+fairseq-preprocess and the data-bin's source dictionary into WORK/data-bin-extra/SET/ (SET: the
+file name without .SRC); every system then translates it (batched, as the throughput run) and
+writes OUT/blind/SET/SYSTEM.TGT, detokenised as hyps/, one line per source line, in order.
+Nothing is scored there: these files have no references here.
 --replot redraws the three plots from --out/results.json without running anything.
 """
 
@@ -104,6 +112,16 @@ def get_parser():
                    help="comma-separated glob patterns of system ids to run (default all), e.g. 'ar.*,score.*'")
     p.add_argument("--require-all", action="store_true",
                    help="exit with status 1 when a checkpoint is missing (for the final table)")
+    p.add_argument("--translate", action="append", default=[], metavar="FILE",
+                   help="also translate this raw source file with every system (repeatable): "
+                        "OUT/blind/SET/SYSTEM.TGT, SET = the file name without .SRC")
+    p.add_argument("--translate-dir", metavar="DIR",
+                   help="also translate every DIR/*.SRC file (e.g. ../shared/data/multi30k-blind)")
+    p.add_argument("--translate-lines", type=int, default=None,
+                   help="only the first K lines of each extra file (default all; 20 with --smoke)")
+    p.add_argument("--translate-only", action="store_true",
+                   help="only translate the extra files (no test set, no timing; results.md/json "
+                        "untouched): OUT/blind/SET/SYSTEM.TGT and OUT/blind/translations.{json,md}")
     p.add_argument("--replot", action="store_true",
                    help="only redraw the plots from OUT/results.json of an earlier run")
     # system settings
@@ -269,6 +287,7 @@ class Bench:
         self.ev = evaluate_mod
         self.models = {}    # (ckpt path, task name) -> (models, saved_cfg)
         self.datasets = {}  # task name -> dataset
+        self.extra = {}     # set name -> binarised source-only data dir (translate_extra)
 
     def sync(self):
         if self.a.cuda:
@@ -396,8 +415,13 @@ class Bench:
         hyp_dir.mkdir(parents=True, exist_ok=True)
         (hyp_dir / f"{system.key}.txt").write_text("".join(h + "\n" for h in cased), encoding="utf-8")
 
+        translated = {}
+        for set_name, set_dir in self.extra.items():
+            translated[set_name] = self.translate_extra(system, cfg, task, models, generator, set_name, set_dir)
+
         params = count_params(models[0])
         return {
+            "translated": translated,
             "status": "ok",
             "bleu": round(s1.score, 2), "bleu_full": str(s1), "bleu_signature": str(bleu_cased.get_signature()),
             "bleu_papers": round(s2.score, 2), "bleu_papers_full": str(s2),
@@ -415,6 +439,122 @@ class Bench:
             "params": params,
             "setup_seconds": round(setup_s, 2),
         }
+
+
+    def translate_only(self, system):
+        """--translate-only: every extra set with this system, nothing else."""
+        cfg, task, models, generator, _ = self.setup(system)
+        return {name: self.translate_extra(system, cfg, task, models, generator, name, d)
+                for name, d in self.extra.items()}
+
+    def translate_extra(self, system, cfg, task, models, generator, set_name, set_dir):
+        """Translate a binarised source-only set (binarise_extra) with this system's generator;
+        the dataset is built by the system's own task class (e.g. translation_lev's BOS), from
+        set_dir instead of the data-bin. Writes OUT/blind/SET/KEY.TGT in source order."""
+        from fairseq import tasks, utils
+        from fairseq_cli.generate import get_symbols_to_strip_from_output
+
+        a = self.a
+        key = (set_dir, cfg.task._name)
+        if key not in self.datasets:
+            set_cfg = cfg.task.copy()
+            set_cfg.data = set_dir
+            set_task = tasks.setup_task(set_cfg)
+            set_task.load_dataset("test", task_cfg=self.models[(cfg.common_eval.path, cfg.task._name)][1].task)
+            self.datasets[key] = set_task.dataset("test")
+        dataset = self.datasets[key]
+        n = len(dataset)
+        indices = dataset.ordered_indices()
+        batches = dataset.batch_by_size(indices, max_tokens=a.max_tokens, max_sentences=None)
+        strip = get_symbols_to_strip_from_output(generator)
+        hyps = {}
+        utils.set_torch_seed(a.seed)
+        t0 = time.perf_counter()
+        for b in batches:
+            sample = dataset.collater([dataset[i] for i in b])
+            sample = utils.move_to_cuda(sample) if a.cuda else sample
+            out = task.inference_step(generator, models, sample)
+            for j, sid in enumerate(sample["id"].tolist()):
+                hypo = out[j][0]
+                _, hypo_str, _ = utils.post_process_prediction(
+                    hypo_tokens=hypo["tokens"].int().cpu(), src_str="", alignment=hypo.get("alignment"),
+                    align_dict=None, tgt_dict=task.target_dictionary, remove_bpe=cfg.common_eval.post_process,
+                    extra_symbols_to_ignore=strip)
+                hyps[sid] = self.decode(hypo_str)
+        seconds = time.perf_counter() - t0
+        if sorted(hyps) != list(range(n)):
+            raise RuntimeError(f"{set_name}: {n} source lines but hypotheses for {len(hyps)}")
+        out_dir = Path(a.out) / "blind" / set_name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{system.key}.{a.target_lang}"
+        path.write_text("".join(hyps[i] + "\n" for i in range(n)), encoding="utf-8")
+        logger.info("  %s: %d lines -> %s (%.1f s)", set_name, n, path, seconds)
+        return {"lines": n, "seconds": round(seconds, 3), "output": os.path.relpath(path, REPO)}
+
+
+def segment_lines(a, lines):
+    """Raw text -> the pipeline's subword tokens (as examples/multi30k/prepare.sh segments)."""
+    work = Path(a.work)
+    if a.bpe == "sentencepiece":
+        import sentencepiece as spm
+
+        model = work / "spm" / "spm.model"
+        if not model.is_file():
+            raise SystemExit(f"--translate: no sentencepiece model {model} (the pipeline's prepare step)")
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        return [" ".join(sp.encode(line, out_type=str)) for line in lines]
+    if a.bpe == "fastbpe":
+        import subprocess
+        import tempfile
+
+        from sacremoses import MosesTokenizer
+
+        fast, codes = work / "fastbpe" / "fast", work / "fastbpe" / "codes"
+        if not (fast.is_file() and codes.is_file()):
+            raise SystemExit(f"--translate: no fastBPE tool/codes in {work / 'fastbpe'} (the pipeline's prepare step)")
+        tok = MosesTokenizer(lang=a.source_lang)
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "tok", Path(tmp) / "bpe"
+            src.write_text("".join(tok.tokenize(line.strip(), return_str=True, escape=False) + "\n"
+                                   for line in lines), encoding="utf-8")
+            subprocess.run([str(fast), "applybpe", str(dst), str(src), str(codes)], check=True,
+                           stdout=subprocess.DEVNULL)
+            return dst.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines]
+
+
+def binarise_extra(a, raw_path):
+    """Raw source file -> WORK/data-bin-extra/SET/ (split "test", source side only, the data-bin's
+    dictionaries). Returns (set name, data dir)."""
+    import shutil
+    import subprocess
+
+    raw_path = Path(raw_path)
+    suffix = "." + a.source_lang
+    if not raw_path.is_file():
+        raise SystemExit(f"--translate: no file {raw_path}")
+    name = raw_path.name[: -len(suffix)] if raw_path.name.endswith(suffix) else raw_path.name
+    lines = raw_path.read_text(encoding="utf-8").splitlines()
+    if a.translate_lines is not None:
+        lines = lines[: a.translate_lines]
+    out = Path(a.work) / "data-bin-extra" / name
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    seg = segment_lines(a, lines)
+    if len(seg) != len(lines):
+        raise RuntimeError(f"{raw_path}: {len(lines)} lines but {len(seg)} after segmentation")
+    (out / f"text.{a.source_lang}").write_text("".join(x + "\n" for x in seg), encoding="utf-8")
+    src_dict = Path(a.data_bin) / f"dict.{a.source_lang}.txt"
+    cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--source-lang", a.source_lang,
+           "--target-lang", a.target_lang, "--only-source", "--srcdict", str(src_dict),
+           "--testpref", str(out / "text"), "--destdir", str(out), "--workers", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"fairseq-preprocess failed for {raw_path}:\n{proc.stderr[-2000:]}")
+    shutil.copy(Path(a.data_bin) / f"dict.{a.target_lang}.txt", out / f"dict.{a.target_lang}.txt")
+    logger.info("extra source %s: %d lines, segmented (%s) and binarised into %s", raw_path, len(lines), a.bpe, out)
+    return name, str(out), len(lines)
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -503,6 +643,14 @@ def write_markdown(path, meta, rows, target_lines, plots):
     L.append("* ≥ CMLM frontier: BLEU at least the best CMLM BLEU among CMLM settings that are no "
              "slower at batch 1.")
     L.append("* Latent search candidates are rescored by the AR teacher (its parameters not counted).\n")
+    if meta.get("translated_sets"):
+        L.append("## Extra source files (no references here, not scored)\n")
+        L.append("Segmented with the pipeline's subword model, binarised with the data-bin's dictionary, "
+                 "translated by every system (batched) and detokenised as hyps/: "
+                 "`blind/SET/SYSTEM.<target>`, one line per source line.\n")
+        for name, info in meta["translated_sets"].items():
+            L.append(f"* **{name}**: `{info['source']}`, {info['lines']} lines")
+        L.append("")
     if meta.get("checkpoints"):
         L.append("## Checkpoints\n")
         L.append("Training summaries (the pipeline's `checkpoints/NAME/DONE`: command, wall time, "
@@ -651,6 +799,53 @@ def checkpoint_info(ckpts):
     return info
 
 
+def translate_only(a, bench, systems, ckpts, command, machine, binarised, extra_files, t_start):
+    """Translate the extra files with every system; OUT/blind/translations.{json,md}."""
+    out = Path(a.out) / "blind"
+    out.mkdir(parents=True, exist_ok=True)
+    done, failed = {}, []
+    for i, s in enumerate(systems, 1):
+        absent = [ckpts[c] for c in [s.ckpt] + s.needs if not os.path.isfile(ckpts[c])]
+        if absent:
+            failed.append(f"{s.key}: missing checkpoint " + ", ".join(absent))
+            logger.warning("[%d/%d] %s: %s", i, len(systems), s.key, failed[-1])
+            continue
+        logger.info("[%d/%d] %s: %s", i, len(systems), s.key, s.name)
+        try:
+            done[s.key] = {"name": s.name, "sets": bench.translate_only(s),
+                           "fairseq_generate": " ".join(shlex.quote(x) for x in s.args)}
+        except Exception as err:
+            logger.error("[%d/%d] %s failed:\n%s", i, len(systems), s.key, traceback.format_exc())
+            failed.append(f"{s.key}: {type(err).__name__}: {err}")
+    sets = {name: {"source": os.path.relpath(f, REPO), "lines": n}
+            for f, (name, _, n) in zip(extra_files, binarised)}
+    meta = {"command": command, "machine": machine, "threads": a.threads, "bpe": a.bpe,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+            "wall_seconds": round(time.perf_counter() - t_start, 1), "sets": sets,
+            "checkpoints": {k: os.path.relpath(v, REPO) for k, v in ckpts.items()},
+            "systems": done, "failed": failed}
+    (out / "translations.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    L = ["# Translations of extra source files (no references here: not scored)\n",
+         f"Date (UTC): {meta['date']}; {a.threads} thread(s); total {meta['wall_seconds']:.0f} s. Command:\n",
+         "```\n" + command + "\n```\n",
+         "Each source file is segmented with the pipeline's subword model (" + a.bpe + "), binarised with "
+         "the data-bin's dictionary (WORK/data-bin-extra/SET), translated by every system in batches and "
+         f"detokenised as the test2016 hypotheses: `SET/SYSTEM.{a.target_lang}`, one line per source line, "
+         "in source order. The system names are those of results.json.\n",
+         "| set | source | lines |", "|---|---|---:|"]
+    L += [f"| {n} | `{v['source']}` | {v['lines']} |" for n, v in sets.items()]
+    L += ["", "| system | " + " | ".join(f"{n} (s)" for n in sets) + " |", "|---|" + "---:|" * len(sets)]
+    L += [f"| {k} | " + " | ".join(f"{v['sets'][n]['seconds']:.1f}" for n in sets) + " |" for k, v in done.items()]
+    if failed:
+        L += ["", "Not translated:", ""] + [f"* {f}" for f in failed]
+    (out / "translations.md").write_text("\n".join(L) + "\n", encoding="utf-8")
+    logger.info("translated %d set(s) with %d system(s): %s", len(sets), len(done), out)
+    if failed:
+        logger.error("%d system(s) not translated", len(failed))
+        return 1
+    return 0
+
+
 # -- main ---------------------------------------------------------------------------------------
 def resolve_paths(a):
     if a.work is None:
@@ -670,6 +865,8 @@ def resolve_paths(a):
             a.test_sentences = 24
         a.latency_sentences = min(a.latency_sentences, 8)
         a.warmup = min(a.warmup, 2)
+        if a.translate_lines is None:
+            a.translate_lines = 20
         a.max_tokens = min(a.max_tokens, 1024)
         if a.ar_max_len_a is None:
             a.ar_max_len_a, a.ar_max_len_b = 1.2, 10
@@ -724,10 +921,27 @@ def main(argv=None):
     logger.info("work %s, data-bin %s, out %s, bpe %s, threads %d, device %s", a.work, a.data_bin, a.out,
                 a.bpe, a.threads, machine["device"])
 
+    extra_files = list(a.translate)
+    if a.translate_dir:
+        found = sorted(Path(a.translate_dir).glob(f"*.{a.source_lang}"))
+        if not found:
+            sys.exit(f"--translate-dir: no *.{a.source_lang} files in {a.translate_dir}")
+        extra_files += [str(f) for f in found]
+    binarised = [binarise_extra(a, f) for f in extra_files]
+    names = [b[0] for b in binarised]
+    if len(set(names)) != len(names):
+        sys.exit(f"--translate: two extra files with the same set name: {names}")
+    extra = {name: d for name, d, _ in binarised}
+    if a.translate_only and not extra:
+        sys.exit("--translate-only: give --translate FILE or --translate-dir DIR")
+
     systems = build_systems(a, ckpts)
     patterns = [p.strip() for p in a.systems.split(",") if p.strip()]
     systems = [s for s in systems if any(fnmatch.fnmatch(s.key, p) for p in patterns)]
     bench = Bench(a, ckpts, decode, refs, evaluate_mod)
+    bench.extra = extra
+    if a.translate_only:
+        return translate_only(a, bench, systems, ckpts, command, machine, binarised, extra_files, t_start)
     rows, n_missing, n_error = [], 0, 0
     for i, s in enumerate(systems, 1):
         row = {"key": s.key, "name": s.name, "family": s.family, "checkpoint": ckpts[s.ckpt],
@@ -771,6 +985,8 @@ def main(argv=None):
         "max_tokens": a.max_tokens, "wall_seconds": time.perf_counter() - t_start,
         "settings": {k: v for k, v in vars(a).items()},
         "checkpoints": checkpoint_info(ckpts),
+        "translated_sets": {name: {"source": os.path.relpath(f, REPO), "lines": n}
+                            for f, (name, _, n) in zip(extra_files, binarised)},
     }
     write_markdown(Path(a.out) / "results.md", meta, rows, target_lines, plots)
     with open(Path(a.out) / "results.json", "w") as f:

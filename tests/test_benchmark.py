@@ -7,6 +7,7 @@ three plots. The models are untrained (scores near 0): this checks the plumbing,
 """
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -123,3 +124,51 @@ def test_missing_checkpoints_are_rows(toy_data, tmp_path):
     assert str(work / "checkpoints" / "energy_net" / "checkpoint_best.pt") in res["systems"][-1]["status"]
     # the final table must have them all: --require-all turns a missing checkpoint into a failure
     assert run(args + ["--require-all"], check=False).returncode == 1
+
+
+def test_extra_source_files_are_translated_in_order(work, toy_data, tmp_path):
+    """--translate: a raw source file is segmented, binarised with the data-bin's dictionary and
+    translated by every system into OUT/blind/SET/SYSTEM.TGT, one line per source line in source
+    order (here: the first test sentences reversed, so each line must be the test hypothesis of
+    the mirrored line). --translate-only does only that and leaves results.json alone."""
+    raw = (Path(toy_data).parent / "raw" / "test.src").read_text().splitlines()[:10]
+    extra = tmp_path / "blind"
+    extra.mkdir()
+    (extra / "rev.src").write_text("".join(x + "\n" for x in reversed(raw)))
+    (extra / "head.src").write_text("".join(x + "\n" for x in raw[:3]))
+    (extra / "notes.txt").write_text("not a source file\n")
+    out = tmp_path / "results"
+    deterministic = "ar.beam1,cmlm.iter1,refine_nat.fixed2,lanmt.prior,lanmt.delta1,score.steps1,energy.steps1"
+    args = toy_args(toy_data, work)
+    args[args.index("--out") + 1] = str(out)
+    args[args.index("--test-sentences") + 1] = "10"
+    run(args + ["--systems", deterministic, "--translate", str(extra / "rev.src")])
+    res = json.loads((out / "results.json").read_text())
+    assert res["translated_sets"] == {"rev": {"source": os.path.relpath(extra / "rev.src", REPO), "lines": 10}}
+    assert (work / "data-bin-extra" / "rev" / "test.src-tgt.src.bin").is_file()
+    for r in res["systems"]:
+        assert r["status"] == "ok", r
+        test_hyps = (out / "hyps" / f"{r['key']}.txt").read_text().splitlines()
+        blind = (out / "blind" / "rev" / f"{r['key']}.tgt").read_text().splitlines()
+        assert blind == list(reversed(test_hyps)), r["key"]
+        assert r["translated"]["rev"]["lines"] == 10
+    assert "## Extra source files" in (out / "results.md").read_text()
+
+    # --translate-only with --translate-dir: every *.src file, every system, no results.json rewrite
+    before = (out / "results.json").read_text()
+    run(args + ["--systems", deterministic + ",lanmt.search2", "--search-sizes", "2",
+                "--translate-only", "--translate-dir", str(extra)])
+    assert (out / "results.json").read_text() == before
+    meta = json.loads((out / "blind" / "translations.json").read_text())
+    assert set(meta["sets"]) == {"rev", "head"} and meta["failed"] == []
+    assert set(meta["systems"]) == set(deterministic.split(",")) | {"lanmt.search2"}
+    for key in meta["systems"]:
+        head = (out / "blind" / "head" / f"{key}.tgt").read_text().splitlines()
+        rev = (out / "blind" / "rev" / f"{key}.tgt").read_text().splitlines()
+        assert len(head) == 3 and len(rev) == 10
+        if key != "lanmt.search2":  # deterministic: the same sentence, the same translation
+            assert head == list(reversed(rev))[:3], key
+    assert "| lanmt.search2 |" in (out / "blind" / "translations.md").read_text()
+    # nothing to translate is an error, not an empty run
+    proc = run(args + ["--translate-only"], check=False)
+    assert proc.returncode != 0 and "--translate-only: give --translate" in proc.stderr

@@ -7,7 +7,10 @@
 #           (a missing one gives a "missing checkpoint" row), WORK/data-bin, WORK/raw/test.de
 #   writes  examples/multi30k/results/{results.md,results.json,*.png,hyps/} (smoke: WORK/benchmark/)
 #           log in WORK/logs/benchmark.log
-# Env: THREADS (torch threads, default 1), OUT (output dir).
+#           then the blind test sets (sources only, BLIND=../shared/data/multi30k-blind) translated
+#           by every system: results/blind/SET/SYSTEM.de + blind/translations.{md,json}
+#           (benchmark.py --translate-only; nothing scored, nothing tuned; BLIND=none skips it)
+# Env: THREADS (torch threads, default 1), BLIND_THREADS (for the blind sets, default 2), OUT.
 # Extra args e.g. -- --latency-sentences 100 --require-all --systems 'ar.*,score.*'
 source "$(dirname "$0")/common.sh"
 ARGS=(--work "$WORK" --threads "$THREADS")
@@ -15,4 +18,12 @@ ARGS=(--work "$WORK" --threads "$THREADS")
 [ -n "${OUT:-}" ] && ARGS+=(--out "$OUT")
 log "python scripts/benchmark.py ${ARGS[*]} ${EXTRA_ARGS[*]}"
 python "$REPO_DIR/scripts/benchmark.py" "${ARGS[@]}" "${EXTRA_ARGS[@]}" 2>&1 | tee "$WORK/logs/benchmark.log"
-exit "${PIPESTATUS[0]}"
+rc=${PIPESTATUS[0]}
+BLIND=${BLIND:-$REPO_DIR/../shared/data/multi30k-blind}
+if [ "$BLIND" != none ] && [ -d "$BLIND" ]; then
+  log "blind sets: python scripts/benchmark.py ${ARGS[*]} ${EXTRA_ARGS[*]} --translate-only --translate-dir $BLIND"
+  python "$REPO_DIR/scripts/benchmark.py" "${ARGS[@]}" "${EXTRA_ARGS[@]}" --threads "${BLIND_THREADS:-2}" \
+    --translate-only --translate-dir "$BLIND" 2>&1 | tee "$WORK/logs/benchmark_blind.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+fi
+exit "$rc"

@@ -89,6 +89,10 @@ MODEL_ARGS=(--encoder-layers $LAYERS --decoder-layers $LAYERS
   --encoder-ffn-embed-dim $FFN --decoder-ffn-embed-dim $FFN
   --encoder-attention-heads $HEADS --decoder-attention-heads $HEADS)
 
+# The nar_refine models: the same sizes as the teacher and CMLM (their *_small archs' other
+# settings, e.g. LaNMT's 3 prior and 3 posterior layers, stay); --smoke keeps the *_tiny archs.
+if [ "$SMOKE" = 1 ]; then NAT_MODEL_ARGS=(); else NAT_MODEL_ARGS=("${MODEL_ARGS[@]}"); fi
+
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
 # Run fairseq-train into $1 (checkpoint dir) and write a timing/summary file next to it.

@@ -27,19 +27,18 @@ stamp() { echo "=== [$(date -u +%H:%M:%S)] $*"; }
 "$D/teacher.sh" "$WORK" > /dev/null
 "$D/distil.sh" "$WORK" > /dev/null
 
-lane_a() {  # LaNMT, then the inference networks that need it
-  stamp "lanmt";  MAX_UPDATE=$BIG STOP_HOURS=${LANMT_H:-1.1} "$D/train_lanmt.sh" "$WORK" -- $NAT_ARGS $LANMT_ARGS > /dev/null
-  stamp "score_net";  MAX_UPDATE=$BIG STOP_HOURS=${SCORE_H:-0.3} "$D/train_score_net.sh" "$WORK" > /dev/null
+lane_a() {  # LaNMT, then the two inference networks that need it
+  stamp "lanmt";  MAX_UPDATE=$BIG STOP_HOURS=${LANMT_H:-0.8} "$D/train_lanmt.sh" "$WORK" -- $NAT_ARGS $LANMT_ARGS > /dev/null
+  stamp "score_net";  MAX_UPDATE=$BIG STOP_HOURS=${SCORE_H:-0.4} "$D/train_score_net.sh" "$WORK" > /dev/null
+  stamp "energy_net";  MAX_UPDATE=$BIG STOP_HOURS=${ENERGY_H:-0.4} "$D/train_energy_net.sh" "$WORK" > /dev/null
   stamp "lane a done"
 }
-lane_b() {  # fairseq's CMLM baseline, refine_nat, then the energy network
+lane_b() {  # fairseq's CMLM baseline, then refine_nat
   # CMLM: the same wall-time budget as LaNMT and refine_nat, its own batch (4096 tokens) and
-  # warm-up (200). --stop-time-hours is cumulative over resumed runs: the committed run trained
-  # 500 updates first (results/distil_cmlm.md), then resumed from there to the 1.1 h.
-  stamp "cmlm";  MAX_UPDATE=$BIG WARMUP=200 STOP_HOURS=${CMLM_H:-1.1} "$D/train_cmlm.sh" "$WORK" > /dev/null
-  stamp "refine_nat";  MAX_UPDATE=$BIG STOP_HOURS=${REFINE_H:-1.1} "$D/train_refine_nat.sh" "$WORK" -- $NAT_ARGS > /dev/null
-  while [ ! -f "$WORK/checkpoints/lanmt/DONE" ]; do sleep 30; done
-  stamp "energy_net";  MAX_UPDATE=$BIG STOP_HOURS=${ENERGY_H:-0.3} "$D/train_energy_net.sh" "$WORK" > /dev/null
+  # warm-up (200). --stop-time-hours is cumulative over resumed runs (a resumed run with a larger
+  # budget continues where the last one stopped).
+  stamp "cmlm";  MAX_UPDATE=$BIG WARMUP=200 STOP_HOURS=${CMLM_H:-0.8} "$D/train_cmlm.sh" "$WORK" > /dev/null
+  stamp "refine_nat";  MAX_UPDATE=$BIG STOP_HOURS=${REFINE_H:-0.8} "$D/train_refine_nat.sh" "$WORK" -- $NAT_ARGS > /dev/null
   stamp "lane b done"
 }
 lane_a & a=$!

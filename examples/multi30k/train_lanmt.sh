@@ -30,12 +30,12 @@ if [ "$SMOKE" = 1 ]; then ARCH=lanmt_tiny; else ARCH=lanmt_small; fi
 # sentence; validation logs loss = NLL + KL + length (no budget) and z_usage, and
 # checkpoint_best.pt is chosen by validation BLEU (EVAL_BLEU_ARGS, common.sh).
 train "$WORK/checkpoints/lanmt" "$TRAIN_BIN" \
-  --task nar_translation --arch $ARCH --share-all-embeddings \
+  --task nar_translation --arch $ARCH --share-all-embeddings "${NAT_MODEL_ARGS[@]}" \
   --criterion lanmt_elbo --kl-budget-hold-updates $KL_HOLD --kl-budget-anneal-updates $KL_ANNEAL \
   --dropout $DROPOUT --weight-decay 0.01 \
   --optimizer adam --adam-betas '(0.9,0.98)' \
   --lr $LR --lr-scheduler inverse_sqrt --warmup-updates $WARMUP --warmup-init-lr 1e-07 \
   --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE --stop-time-hours $STOP_HOURS \
   --no-epoch-checkpoints --seed 1 --num-workers 0 \
-  "${EVAL_BLEU_ARGS[@]}" \
+  "${EVAL_BLEU_ARGS[@]}" --eval-bleu-args '{"iter_decode_max_iter": 4}' \
   --log-format simple --log-interval 50 "${EXTRA_ARGS[@]}"

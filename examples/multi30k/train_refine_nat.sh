@@ -6,7 +6,7 @@
 # Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT.
 source "$(dirname "$0")/common.sh"
 [ -s "$TRAIN_BIN/train.$SRC-$TGT.$TGT.bin" ] || { echo "no $TRAIN_BIN: run distil.sh first (or set TRAIN_BIN)" >&2; exit 1; }
-if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; ARCH=refine_nat_tiny; else MAX_UPDATE=${MAX_UPDATE:-500}; ARCH=refine_nat_small; fi
+if [ "$SMOKE" = 1 ]; then MAX_UPDATE=${MAX_UPDATE:-100}; ARCH=refine_nat_tiny; else MAX_UPDATE=${MAX_UPDATE:-500}; ARCH=refine_nat_small; NAT_MODEL_ARGS+=(--refine-layers $LAYERS); fi
 if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-200}; fi
 LR=${LR:-1e-3}
 DROPOUT=${DROPOUT:-0.1}
@@ -18,7 +18,7 @@ STOP_HOURS=${STOP_HOURS:-0}  # wall-time budget in hours (0: none)
 # EVAL_BLEU_ARGS fairseq would select on the valid loss, the pure chain's loss (never the
 # training mix, whose corrupted references leak the answer).
 train "$WORK/checkpoints/refine_nat" "$TRAIN_BIN" \
-  --task nar_translation --arch $ARCH --share-all-embeddings \
+  --task nar_translation --arch $ARCH --share-all-embeddings "${NAT_MODEL_ARGS[@]}" \
   --criterion refine_nat_loss \
   --dropout $DROPOUT --weight-decay 0.01 \
   --optimizer adam --adam-betas '(0.9,0.98)' \

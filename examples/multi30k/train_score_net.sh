@@ -31,4 +31,5 @@ train "$WORK/checkpoints/${KIND}_net" "$TRAIN_BIN" \
   --lr $LR --lr-scheduler inverse_sqrt --warmup-updates $WARMUP --warmup-init-lr 1e-07 \
   --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE --stop-time-hours $STOP_HOURS \
   --no-epoch-checkpoints --seed 1 --num-workers 0 \
+  "${EVAL_BLEU_ARGS[@]}" \
   --log-format simple --log-interval 50 "${EXTRA_ARGS[@]}"
