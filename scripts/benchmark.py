@@ -53,6 +53,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -132,7 +133,7 @@ def get_parser():
                    help="CMLM mask-predict iterations = decoder passes (fairseq --iter-decode-max-iter N-1)")
     p.add_argument("--cmlm-length-beam", type=int, default=1, help="CMLM --iter-decode-with-beam")
     p.add_argument("--refine-max-iter", type=int, default=10, help="refine_nat adaptive: max refinement steps")
-    p.add_argument("--refine-steps", type=int_list, default=[1, 2, 4, 10],
+    p.add_argument("--refine-steps", type=int_list, default=[0, 1, 2, 4, 10],
                    help="refine_nat fixed refinement steps (--iter-decode-force-max-iter)")
     p.add_argument("--refine-length-beam", type=int, default=1, help="refine_nat --iter-decode-with-beam")
     p.add_argument("--refine-rerank-beams", type=int_list, default=[3],
@@ -189,7 +190,8 @@ def build_systems(a, ckpts):
                       f"refine_nat, adaptive (max {a.refine_max_iter} steps)", "refine_nat", "refine_nat",
                       refine + ["--iter-decode-max-iter", str(a.refine_max_iter)], primary=True))
     for k in a.refine_steps:
-        out.append(System(f"refine_nat.fixed{k}", f"refine_nat, {k} step{'s' * (k > 1)} (fixed)",
+        label = "refine_nat, decoder 1 only (0 steps)" if k == 0 else f"refine_nat, {k} step{'s' * (k > 1)} (fixed)"
+        out.append(System(f"refine_nat.fixed{k}", label,
                           "refine_nat", "refine_nat",
                           refine + ["--iter-decode-max-iter", str(k), "--iter-decode-force-max-iter"],
                           series="refine_nat (fixed steps)", passes=k + 1))
@@ -576,26 +578,66 @@ def cmlm_frontier_check(rows):
 
 
 def targets(rows):
+    """The issues' targets (issue 9: quality, issue 10: latency ratios) checked on this run."""
     by = {r["key"]: r for r in rows if r["status"] == "ok"}
-    ar5 = next((r for r in by.values() if r["key"] == "ar.beam5"), None)
     out = []
-    if ar5 is None:
-        return ["AR beam 5 not measured: no targets checked."]
-    score = [r for r in by.values() if r["family"] == "score" and r["key"].startswith("score.steps")]
-    for r in score:
-        ok = r["speedup_vs_ar_beam5"] >= 5
-        out.append(f"score inference >= 5x faster than AR beam 5 at batch 1: {r['speedup_vs_ar_beam5']:.2f}x "
-                   f"({r['name']}) -> {'MET' if ok else 'NOT MET'}")
-    search = [r for r in by.values() if r["family"] == "score" and r["key"].startswith("score.search")]
-    for r in search:
-        gap = ar5["bleu"] - r["bleu"]
-        out.append(f"{r['name']} within 2 BLEU of AR beam 5: {r['bleu']:.2f} vs {ar5['bleu']:.2f} "
-                   f"(gap {gap:.2f}) -> {'MET' if gap <= 2 else 'NOT MET'}; speed-up {r['speedup_vs_ar_beam5']:.2f}x")
-    below = [r["name"] for r in by.values() if r.get("at_or_above_cmlm_frontier") is False]
-    checked = [r for r in by.values() if "at_or_above_cmlm_frontier" in r]
-    if checked:
-        out.append("every nar_refine system at or above the CMLM BLEU-vs-latency frontier: "
-                   + ("MET" if not below else "NOT MET, below: " + "; ".join(below)))
+
+    def check(text, value, ok):
+        out.append(f"{text}: {value} -> {'MET' if ok else 'NOT MET'}")
+
+    def gain(a, b, need, label):
+        if a in by and b in by:
+            d = by[a]["bleu"] - by[b]["bleu"]
+            check(f"{label} >= +{need} BLEU", f"{by[a]['bleu']:.2f} vs {by[b]['bleu']:.2f} ({d:+.2f})", d >= need)
+
+    def best_of(keys):
+        have = [by[k] for k in keys if k in by]
+        return max(have, key=lambda r: r["bleu"]) if have else None
+
+    ar5 = by.get("ar.beam5")
+    if ar5 is not None:
+        check("teacher (AR beam 5) >= 35 BLEU", f"{ar5['bleu']:.2f}", ar5["bleu"] >= 35)
+    refine = best_of([k for k in by if k.startswith("refine_nat.") and k not in
+                      ("refine_nat.fixed0", "refine_nat.fixed1") and "beam" not in k])
+    for base in ("refine_nat.fixed1", "refine_nat.fixed0"):
+        if refine is not None and base in by:
+            d = refine["bleu"] - by[base]["bleu"]
+            check(f"refine_nat best of adaptive / more steps ({refine['key']}) vs {base} >= +1.5 BLEU",
+                  f"{refine['bleu']:.2f} vs {by[base]['bleu']:.2f} ({d:+.2f})", d >= 1.5)
+    delta = best_of([k for k in by if k.startswith("lanmt.delta") and "ascent" not in k])
+    if delta is not None and "lanmt.prior" in by:
+        d = delta["bleu"] - by["lanmt.prior"]["bleu"]
+        check(f"LaNMT delta inference ({delta['key']}) vs prior mean >= +0.5 BLEU",
+              f"{delta['bleu']:.2f} vs {by['lanmt.prior']['bleu']:.2f} ({d:+.2f})", d >= 0.5)
+    for m in (10,):
+        search = f"lanmt.search{m}"
+        if search in by:
+            steps = re.search(r"--iter-decode-max-iter (\d+)", by[search]["fairseq_generate"])
+            gain(search, f"lanmt.delta{steps.group(1) if steps else 1}", 0.5,
+                 f"latent search m={m} (teacher) vs delta with the same steps")
+    gain("score.steps1", "lanmt.prior", 0.5, "score inference (1 step) vs LaNMT prior mean")
+    gain("energy.steps1", "lanmt.prior", 0.3, "energy inference (1 step) vs LaNMT prior mean")
+    nat = best_of([k for k, r in by.items() if r["family"] not in ("AR", "CMLM")])
+    if nat is not None and ar5 is not None:
+        gap = ar5["bleu"] - nat["bleu"]
+        check(f"best nar_refine system ({nat['key']}) within 5 BLEU of AR beam 5",
+              f"{nat['bleu']:.2f} vs {ar5['bleu']:.2f} (gap {gap:.2f})", gap <= 5)
+    for r in by.values():
+        if r["family"] == "score" and r["key"].startswith("score.steps") and ar5 is not None:
+            check(f"score inference ({r['key']}) >= 6x faster than AR beam 5 at batch 1",
+                  f"{r['speedup_vs_ar_beam5']:.2f}x", r["speedup_vs_ar_beam5"] >= 6)
+    below = [r["key"] for r in by.values() if r.get("at_or_above_cmlm_frontier") is False]
+    if any("at_or_above_cmlm_frontier" in r for r in by.values()):
+        check("every nar_refine system on or above the CMLM BLEU-vs-latency frontier",
+              f"{len(below)} below" + (": " + ", ".join(below) if below else ""), not below)
+    prior = by.get("lanmt.prior")
+    if prior is not None:
+        for key, limit in (("lanmt.delta1", 1.8), ("lanmt.search10", 5.0), ("score.search10", 3.5)):
+            if key in by:
+                ratio = by[key]["latency_ms_median"] / prior["latency_ms_median"]
+                check(f"{key} batch-1 latency <= {limit}x the LaNMT prior pass (issue 10)",
+                      f"{ratio:.2f}x ({by[key]['latency_ms_median']:.1f} / {prior['latency_ms_median']:.1f} ms)",
+                      ratio <= limit)
     return out
 
 
@@ -661,7 +703,7 @@ def write_markdown(path, meta, rows, target_lines, plots):
                 L.append("  ```\n" + "\n".join("  " + line for line in info["done"].splitlines()) + "\n  ```")
         L.append("")
     if target_lines:
-        L.append("## Targets (issue 5)\n")
+        L.append("## Targets (issues 9 and 10)\n")
         L.extend(f"* {t}" for t in target_lines)
         L.append("")
     if plots:

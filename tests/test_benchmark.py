@@ -67,7 +67,7 @@ def test_every_system_is_measured(work, toy_data):
     res = json.loads((out / "results.json").read_text())
     rows = {r["key"]: r for r in res["systems"]}
     expected = {"ar.beam1", "ar.beam5", "cmlm.iter1", "cmlm.iter4", "cmlm.iter10", "refine_nat.adaptive10",
-                "refine_nat.fixed1", "refine_nat.fixed2", "refine_nat.fixed4", "refine_nat.fixed10",
+                "refine_nat.fixed0", "refine_nat.fixed1", "refine_nat.fixed2", "refine_nat.fixed4", "refine_nat.fixed10",
                 "refine_nat.beam3", "refine_nat.beam3.teacher",
                 "lanmt.prior", "lanmt.delta1", "lanmt.delta2", "lanmt.delta4", "lanmt.delta1.ascent",
                 "lanmt.delta2.ascent", "lanmt.delta4.ascent", "lanmt.search2", "lanmt.search3", "score.steps1", "score.search3", "energy.steps1"}
@@ -84,7 +84,13 @@ def test_every_system_is_measured(work, toy_data):
         assert r["fairseq_generate"].startswith("fairseq-generate ")
     assert rows["ar.beam5"]["speedup_vs_ar_beam5"] == 1.0
     # fixed refinement runs exactly its steps; CMLM reports iterations (decoder passes)
-    assert rows["refine_nat.fixed4"]["mean_steps"] == 4
+    assert rows["refine_nat.fixed4"]["mean_steps"] == 4 and rows["refine_nat.fixed0"]["mean_steps"] == 0
+    # the issues' targets are checked on the rows (each line ends MET or NOT MET)
+    assert any(t.startswith("teacher (AR beam 5) >= 35 BLEU") for t in res["targets"])
+    assert any("refine_nat.fixed0 >= +1.5 BLEU" in t for t in res["targets"])
+    assert any(t.startswith("LaNMT delta inference (lanmt.delta") for t in res["targets"])
+    assert any(t.startswith("lanmt.delta1 batch-1 latency <= 1.8x the LaNMT prior pass") for t in res["targets"])
+    assert all(t.endswith("MET") for t in res["targets"]), res["targets"]
     assert rows["cmlm.iter1"]["mean_steps"] == 1
     # delta rows run the paper's plain chain (the default); the ascent check has rows of its own
     assert "--delta-ascent-check" in rows["lanmt.delta2.ascent"]["fairseq_generate"]

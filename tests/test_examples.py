@@ -131,3 +131,33 @@ def test_papers_dedup_is_on_words():
     spm = mod.Decoder("sentencepiece", "de")
     assert spm("\u2581Wa s s er \u2581Mann \u2581Mann", remove_duplicates=True) == "Wasser Mann"
     assert spm("\u2581Wa s s er \u2581Mann \u2581Mann") == "Wasser Mann Mann"
+
+
+def test_gpu_profile_budgets_dry_run(raw_multi30k, tmp_path):
+    """run_pipeline.sh --gpu: every training step gets its wall-time budget (GPU_BUDGETS_MIN
+    overrides one); --smoke --gpu keeps the smoke settings."""
+    env = {"DATA": str(raw_multi30k), "PATH": f"{BIN}:/usr/bin:/bin", "DRY_RUN": "1",
+           "GPU_BUDGETS_MIN": "lanmt=3"}
+    out = run(["bash", EXAMPLE / "run_pipeline.sh", "--gpu", tmp_path / "w"], env=env).stdout
+    steps = {line.split("] ", 1)[1].split(":", 1)[0]: line for line in out.splitlines() if line.startswith("===")}
+    assert "STOP_HOURS=0.04 MAX_UPDATE=3000" in steps["teacher"]
+    assert "STOP_HOURS=0.02 " in steps["train_cmlm"] and "STOP_HOURS=0.05 " in steps["train_lanmt"]
+    assert "STOP_HOURS=0.01 " in steps["train_energy_net"] and "STOP_HOURS" not in steps["distil"]
+    assert all("--gpu" in line for line in steps.values()) and "benchmark" in steps
+    smoke = run(["bash", EXAMPLE / "run_pipeline.sh", "--gpu", "--smoke", tmp_path / "w"], env=env).stdout
+    assert "STOP_HOURS" not in smoke and not (tmp_path / "w" / "data-bin").exists()
+
+
+def test_gpu_profile_plumbing_on_cpu(raw_multi30k, tmp_path):
+    """run_pipeline.sh --smoke --gpu on a machine without CUDA: the GPU profile's commands run on
+    the CPU without --fp16 and say so (teacher -> distillation -> CMLM -> LaNMT, evaluated)."""
+    env = {"DATA": str(raw_multi30k), "PATH": f"{BIN}:/usr/bin:/bin", "NAT_MODELS": "lanmt",
+           "BENCHMARK": "0"}
+    work = tmp_path / "w"
+    proc = run(["bash", EXAMPLE / "run_pipeline.sh", "--smoke", "--gpu", work], env=env, timeout=1500)
+    assert "[--gpu] no CUDA device here" in proc.stderr
+    for name in ("teacher", "cmlm", "lanmt"):
+        done = (work / "checkpoints" / name / "DONE").read_text()
+        assert "--fp16" not in done and "num_updates" in done, (name, done)
+    summary = (work / "results" / "summary.tsv").read_text().splitlines()
+    assert {line.split("\t")[0] for line in summary} == {"teacher", "cmlm", "lanmt"}

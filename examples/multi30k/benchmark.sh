@@ -15,6 +15,7 @@
 source "$(dirname "$0")/common.sh"
 ARGS=(--work "$WORK" --threads "$THREADS")
 [ "$SMOKE" = 1 ] && ARGS+=(--smoke)
+[ "$CUDA" = 1 ] && ARGS+=(--cuda)
 [ -n "${OUT:-}" ] && ARGS+=(--out "$OUT")
 log "python scripts/benchmark.py ${ARGS[*]} ${EXTRA_ARGS[*]}"
 python "$REPO_DIR/scripts/benchmark.py" "${ARGS[@]}" "${EXTRA_ARGS[@]}" 2>&1 | tee "$WORK/logs/benchmark.log"

@@ -1,6 +1,9 @@
 # Shared settings for the Multi30k En->De step scripts. Sourced, not run.
-# Every step accepts:  [--smoke] [--bpe sentencepiece|fastbpe] [WORKDIR]
+# Every step accepts:  [--smoke] [--gpu] [--bpe sentencepiece|fastbpe] [WORKDIR]
 #   --smoke   first 500 training sentences, tiny models, a few dozen updates (CI; minutes)
+#   --gpu     the one-GPU profile (run_pipeline.sh --gpu): --fp16 training and decoding, batches of
+#             16384 tokens, CUDA-timed benchmark; wall-time budgets are run_pipeline.sh's. Without a
+#             CUDA device it runs the same commands on the CPU without --fp16 (a plumbing check).
 #   --bpe     subword model: sentencepiece (default, joint unigram ~8000) or fastbpe
 #             (joint BPE, 10k merges, on Moses-tokenised text)
 #   WORKDIR   default examples/multi30k/work (smoke: examples/multi30k/work-smoke)
@@ -20,12 +23,14 @@ fi
 command -v fairseq-train > /dev/null || { echo "fairseq-train not found: run scripts/setup.sh and 'source .venv/bin/activate'" >&2; exit 1; }
 USER_DIR=${USER_DIR:-$REPO_DIR/nar_refine}   # patches torch.load for fairseq (torch>=2.6)
 SMOKE=0
+GPU=0
 BPE=sentencepiece
 WORK=""
 EXTRA_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
+    --gpu) GPU=1 ;;
     --bpe) BPE="$2"; shift ;;
     --bpe=*) BPE="${1#--bpe=}" ;;
     --) shift; EXTRA_ARGS+=("$@"); break ;;
@@ -64,6 +69,15 @@ else
   # reached 34.5 sacreBLEU in 33 min where a 3+3 d=256 FFN-1024 model reached 28.8 in 24 min.
   LAYERS=4; DIM=128; FFN=256; HEADS=4; MAX_TOKENS=4096
   SMOKE_LINES=0; SPM_VOCAB=${SPM_VOCAB:-8000}; BPE_MERGES=${BPE_MERGES:-10000}
+fi
+# --gpu: fp16 where CUDA is there, larger batches (the models are the same)
+CUDA=0
+if [ "$GPU" = 1 ] && python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then CUDA=1; fi
+TRAIN_GPU_ARGS=(); GEN_GPU_ARGS=()
+if [ "$CUDA" = 1 ]; then TRAIN_GPU_ARGS=(--fp16); GEN_GPU_ARGS=(--fp16); fi
+if [ "$GPU" = 1 ] && [ "$SMOKE" = 0 ]; then MAX_TOKENS=16384; fi
+if [ "$GPU" = 1 ] && [ "$CUDA" = 0 ]; then
+  echo "[--gpu] no CUDA device here: the GPU profile runs on the CPU without --fp16 (plumbing check)" >&2
 fi
 # Generation length limit: the smoke models are barely trained and would babble to 200 tokens.
 if [ "$SMOKE" = 1 ]; then GEN_ARGS=(--max-len-a 1.2 --max-len-b 10); else GEN_ARGS=(); fi
@@ -105,7 +119,7 @@ train() {
   log "fairseq-train -> $dir (log: $WORK/logs/$name.log)"
   echo "fairseq-train $*" > "$dir/command.txt"
   local t0; t0=$(date +%s)
-  fairseq-train "$@" --save-dir "$dir" --user-dir "$USER_DIR" \
+  fairseq-train "$@" "${TRAIN_GPU_ARGS[@]}" --save-dir "$dir" --user-dir "$USER_DIR" \
     2>&1 | tee -a "$WORK/logs/$name.log"
   local rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] || { log "fairseq-train failed (rc=$rc)"; return "$rc"; }

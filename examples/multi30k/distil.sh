@@ -11,7 +11,7 @@ if [ -f "$DISTIL_BIN/distill.json" ] && [ -s "$DISTIL_BIN/train.$SRC-$TGT.$TGT.b
 fi
 t0=$(date +%s)
 python "$REPO_DIR/scripts/distill.py" --data-bin "$BIN" --teacher "$TEACHER" --out "$DISTIL_BIN" \
-  --beam 5 --splits train --user-dir "$USER_DIR" -- "${GEN_ARGS[@]}" "${EXTRA_ARGS[@]}" \
+  --beam 5 --splits train --user-dir "$USER_DIR" -- "${GEN_ARGS[@]}" "${GEN_GPU_ARGS[@]}" "${EXTRA_ARGS[@]}" \
   2>&1 | tee -a "$WORK/logs/distil.log"
 [ "${PIPESTATUS[0]}" = 0 ] || exit 1
 log "distillation took $(( $(date +%s) - t0 )) s"

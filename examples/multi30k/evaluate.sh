@@ -34,7 +34,7 @@ for s in "${SETTINGS[@]}"; do
   out="$WORK/results/$NAME.$name"
   if [ -s "$out.json" ]; then log "skip: $out.json exists"; continue; fi
   # shellcheck disable=SC2086
-  cmd="fairseq-generate $BIN --path $CKPT --user-dir $USER_DIR --gen-subset test $flags --batch-size $BS --num-workers 0"
+  cmd="fairseq-generate $BIN --path $CKPT --user-dir $USER_DIR --gen-subset test $flags --batch-size $BS --num-workers 0 ${GEN_GPU_ARGS[*]}"
   log "$NAME/$name: $cmd"
   echo "$cmd" > "$out.command.txt"
   $cmd > "$out.gen.txt" 2> "$out.gen.log" || { tail -20 "$out.gen.log"; exit 1; }

@@ -13,6 +13,7 @@ if [ "$SMOKE" = 1 ]; then WARMUP=${WARMUP:-10}; else WARMUP=${WARMUP:-300}; fi
 LR=${LR:-2e-3}
 DROPOUT=${DROPOUT:-0.2}
 PATIENCE=${PATIENCE:-5}
+STOP_HOURS=${STOP_HOURS:-0}  # wall-time cap in hours (0: none; run_pipeline.sh --gpu sets one)
 
 train "$WORK/checkpoints/teacher" "$BIN" \
   --arch transformer --share-all-embeddings "${MODEL_ARGS[@]}" \
@@ -20,6 +21,6 @@ train "$WORK/checkpoints/teacher" "$BIN" \
   --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
   --optimizer adam --adam-betas '(0.9,0.98)' --clip-norm 0.0 \
   --lr $LR --lr-scheduler inverse_sqrt --warmup-updates $WARMUP --warmup-init-lr 1e-07 \
-  --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE \
+  --max-tokens $MAX_TOKENS --max-update $MAX_UPDATE --stop-time-hours $STOP_HOURS \
   --no-epoch-checkpoints --patience $PATIENCE --seed 1 --num-workers 0 \
   --log-format simple --log-interval 50 "${EXTRA_ARGS[@]}"

@@ -41,7 +41,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
-from nar_refine.criterions.token_loss import item, log_accuracy, log_terms, masked_token_loss
+from nar_refine.criterions.token_loss import stat, log_accuracy, log_terms, masked_token_loss
 from nar_refine.errors import NARConfigError
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class LaNMTELBO(FairseqCriterion):
         length = out["length"]
         length_loss = F.cross_entropy(length["out"].float(), length["tgt"], reduction="sum")  # fp16-safe
         length_correct = (length["out"].argmax(-1) == length["tgt"]).sum()
-        ntokens = int(word["mask"].sum())
+        ntokens = word["mask"].sum()  # a tensor: no host sync (fairseq accepts it as sample_size)
         nsentences = sample["target"].size(0)
         log = {}
         if "word_ins_prior_mean" in out:
@@ -137,18 +137,18 @@ class LaNMTELBO(FairseqCriterion):
             loss = nll + kl + self.length_factor * length_loss
             prior = out["word_ins_prior_mean"]
             _, nll_prior = masked_token_loss(prior["out"], prior["tgt"], prior["mask"])
-            log["z_usage"] = item(nll_prior - nll)
+            log["z_usage"] = stat(nll_prior - nll)
         else:
             token_loss, nll = masked_token_loss(word["out"], word["tgt"], word["mask"], self.eps)
             loss = token_loss + kl_loss + self.length_factor * length_loss
         log.update({
-            "loss": item(loss),
-            "nll_loss": item(nll),
-            "kl": item(kl),
-            "kl_loss": item(kl_loss),
+            "loss": stat(loss),
+            "nll_loss": stat(nll),
+            "kl": stat(kl),
+            "kl_loss": stat(kl_loss),
             "kl_budget": budget * nsentences,  # summed over workers, divided by nsentences
-            "length_loss": item(length_loss),
-            "length_acc": item(length_correct),
+            "length_loss": stat(length_loss),
+            "length_acc": stat(length_correct),
             "ntokens": ntokens,
             "nsentences": nsentences,
             "sample_size": ntokens,

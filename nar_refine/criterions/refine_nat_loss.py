@@ -24,7 +24,7 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from nar_refine.criterions.token_loss import item, log_accuracy, log_terms, masked_token_loss
+from nar_refine.criterions.token_loss import stat, log_accuracy, log_terms, masked_token_loss
 from nar_refine.errors import NARConfigError
 from nar_refine.models.refine_nat import RefinePlan
 from nar_refine.modules.corruption import corrupt, parse_corruptions
@@ -112,23 +112,23 @@ class RefineNATLoss(FairseqCriterion):
         length = outputs.pop("length")
         length_loss = F.cross_entropy(length["out"].float(), length["tgt"], reduction="sum")  # fp16-safe
         length_correct = (length["out"].argmax(-1) == length["tgt"]).sum()
-        ntokens = int(outputs["pass_0"]["mask"].sum())
+        ntokens = outputs["pass_0"]["mask"].sum()  # a tensor: no host sync
         nsentences = sample["target"].size(0)
 
         # token terms are summed over tokens and fairseq divides by sample_size = ntokens;
         # scale the summed length loss so that it enters as a mean over sentences
-        loss = self.length_factor * length_loss * (ntokens / max(nsentences, 1))
+        loss = self.length_factor * length_loss * (ntokens.float() / max(nsentences, 1))
         log = {}
         for name, out in outputs.items():
             term, nll = masked_token_loss(out["out"], out["tgt"], out["mask"], self.eps)
             loss = loss + term
-            log[f"nll_{name}"] = item(nll)
+            log[f"nll_{name}"] = stat(nll)
         last = f"nll_pass_{len(outputs) - 1}"
         log.update(
-            loss=item(loss),
+            loss=stat(loss),
             nll_loss=log[last],
-            length_loss=item(length_loss),
-            length_acc=item(length_correct),
+            length_loss=stat(length_loss),
+            length_acc=stat(length_correct),
             ntokens=ntokens,
             nsentences=nsentences,
             sample_size=ntokens,

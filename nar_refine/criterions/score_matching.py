@@ -29,7 +29,7 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
-from nar_refine.criterions.token_loss import item
+from nar_refine.criterions.token_loss import stat
 from nar_refine.errors import NARConfigError
 from nar_refine.models.inference_network import SCALE_DRAWS, ScorePlan
 
@@ -74,15 +74,15 @@ class ScoreMatchingCriterion(FairseqCriterion):
         mask = out["mask"]
         score, delta = out["out"][mask].float(), out["tgt"][mask].float()  # N x d
         loss = (score.pow(2).sum(-1) - 2 * (score * delta).sum(-1)).sum()
-        npos = int(mask.sum())
+        npos = mask.sum()  # a tensor: no host sync
         with torch.no_grad():
             delta_sq = delta.pow(2).sum(-1)
             log = {
-                "loss": item(loss),
-                "mse": item((score - delta).pow(2).sum()),
-                "delta_sq": item(delta_sq.sum()),
+                "loss": stat(loss),
+                "mse": stat((score - delta).pow(2).sum()),
+                "delta_sq": stat(delta_sq.sum()),
                 # a zero target (delta inference already at its fixed point) has no direction
-                "cosine": item(F.cosine_similarity(score, delta, dim=-1, eps=1e-8).sum()),
+                "cosine": stat(F.cosine_similarity(score, delta, dim=-1, eps=1e-8).sum()),
                 "ntokens": npos,
                 "nsentences": net["src_tokens"].size(0),
                 "sample_size": npos,

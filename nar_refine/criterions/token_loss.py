@@ -36,5 +36,8 @@ def log_accuracy(logging_outputs, key, denominator_key="nsentences"):
     metrics.log_scalar(key, total / max(denom, 1), denom, round=3)
 
 
-def item(x):
-    return x.item() if torch.is_tensor(x) else x
+def stat(x):
+    """A logged statistic, left on its device: fairseq sums the logging outputs (tensors or
+    numbers) and moves them to the host once, when it logs. Calling ``.item()`` here would
+    stall the GPU between the forward and the backward pass, once per statistic."""
+    return x.detach() if torch.is_tensor(x) else x

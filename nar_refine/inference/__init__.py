@@ -39,6 +39,9 @@ def validate_decoding_options(task, gen_args, decoding):
     need(noise is not None and math.isfinite(noise) and noise >= 0,
          f"--latent-search-noise must be finite and >= 0 (0 = every candidate is the prior "
          f"mean), got {noise}")
+    chunk = getattr(cfg, "latent_search_max_tokens", 0)
+    need(chunk is not None and chunk >= 0,
+         f"--latent-search-max-tokens must be >= 0 (0 = all candidates in one chunk), got {chunk}")
     steps = getattr(cfg, "score_steps", 1)
     need(steps >= 0, f"--score-steps must be >= 0 (0 = decode the prior mean), got {steps}")
     alpha = getattr(cfg, "score_alpha", 1.0)

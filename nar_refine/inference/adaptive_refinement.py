@@ -40,9 +40,32 @@ is within 0.7 points of it, or above, at 3.2-3.4 steps. Default: ``window=2, min
 
 import torch
 
-from torch.nn.utils.rnn import pad_sequence
-
 from nar_refine.inference.hypotheses import make_hypothesis
+from nar_refine.modules.token_scores import argmax_log_probs
+
+
+def refine_hypotheses(gen, best, tokens, lprobs, steps, rank, scores, history, beam):
+    """fairseq's hypothesis dicts of the ``best`` rows, built on the host after one transfer per
+    tensor (no per-sentence device work)."""
+    best_list = best.tolist()
+    tok, lp, st = (t.index_select(0, best).cpu() for t in (tokens, lprobs, steps))
+    hist = torch.stack(history, 1).index_select(0, best).cpu() if history is not None else None
+    if gen.keep_candidates:
+        all_tok, all_rank = tokens.cpu(), rank.cpu()
+    sc = scores.cpu() if scores is not None else None
+    hypos = []
+    for b, r in enumerate(best_list):
+        rows = list(hist[b, : int(st[b]) + 1]) if hist is not None else None
+        hypo = make_hypothesis(tok[b], lp[b], gen.pad, gen.eos, int(st[b]), rows)
+        if sc is not None:
+            hypo["rerank_score"] = float(sc[r])
+        if gen.keep_candidates:
+            hypo["candidates"] = [
+                {"tokens": all_tok[c][all_tok[c].ne(gen.pad)], "rank": float(all_rank[c]),
+                 "score": float(sc[c]) if sc is not None else None}
+                for c in range(b * beam, (b + 1) * beam)]
+        hypos.append([hypo])
+    return hypos
 
 
 class AdaptiveRefinementGenerator:
@@ -65,7 +88,13 @@ class AdaptiveRefinementGenerator:
 
     @torch.no_grad()
     def generate(self, models, sample, **unused):
-        model = models[0]
+        with torch.inference_mode():
+            out = self._decode(models[0], sample)
+        # outside inference_mode: the hypotheses are ordinary tensors (fairseq-generate and
+        # callers may update them in place)
+        return refine_hypotheses(self, *out)
+
+    def _decode(self, model, sample):
         model.eval()
         net = sample["net_input"]
         enc = model.encode(net["src_tokens"], net["src_lengths"])
@@ -111,36 +140,23 @@ class AdaptiveRefinementGenerator:
             scores = self.score_candidates(net, tokens, lprobs, beam)
         best = (rank if scores is None else scores).view(bsz, beam).argmax(-1)
         best = best + torch.arange(bsz, device=lengths.device) * beam
-        hypos = []
-        for b, r in enumerate(best.tolist()):
-            rows = [h[r] for h in history[: int(steps[r]) + 1]] if history is not None else None
-            hypo = make_hypothesis(tokens[r], lprobs[r], self.pad, self.eos, int(steps[r]), rows)
-            if scores is not None:
-                hypo["rerank_score"] = float(scores[r])
-            if self.keep_candidates:
-                hypo["candidates"] = [
-                    {"tokens": tokens[c][tokens[c].ne(self.pad)], "rank": float(rank[c]),
-                     "score": float(scores[c]) if scores is not None else None}
-                    for c in range(b * beam, (b + 1) * beam)]
-            hypos.append([hypo])
-        return hypos
+        return best, tokens, lprobs, steps, rank, scores, history, beam
 
     def score_candidates(self, net, tokens, lprobs, beam):
         """The scorer's score of every candidate (B*L rows, sentence-major), on its tokens
         as the hypothesis will print them (pads dropped, so a pad the decoder put inside a
-        row does not cut it short)."""
+        row does not cut it short: a stable sort moves the real tokens to the front). The
+        teacher encodes each source once (``rows``)."""
         keep = tokens.ne(self.pad)
-        packed = pad_sequence([t[k] for t, k in zip(tokens, keep)], batch_first=True,
-                              padding_value=self.pad)
-        packed_lp = pad_sequence([p[k] for p, k in zip(lprobs, keep)], batch_first=True,
-                                 padding_value=0.0)
-        src = net["src_tokens"].repeat_interleave(beam, 0)
-        src_lengths = net["src_lengths"].repeat_interleave(beam, 0)
-        return self.scorer(src, src_lengths, packed, packed_lp).float()
+        order = (~keep).long().argsort(dim=1, stable=True)
+        real = keep.gather(1, order)
+        packed = tokens.gather(1, order).masked_fill(~real, self.pad)
+        packed_lp = lprobs.gather(1, order).masked_fill(~real, 0.0)
+        rows = torch.arange(net["src_tokens"].size(0), device=tokens.device).repeat_interleave(beam)
+        return self.scorer(net["src_tokens"], net["src_lengths"], packed, packed_lp, rows=rows).float()
 
     def _read(self, logits, lengths):
         """Argmax tokens and their log-probabilities, with pads beyond each length."""
-        lp = torch.log_softmax(logits.float(), -1)
-        scores, tokens = lp.max(-1)
+        scores, tokens = argmax_log_probs(logits)
         mask = torch.arange(tokens.size(1), device=tokens.device)[None, :] >= lengths[:, None]
         return tokens.masked_fill(mask, self.pad), scores.masked_fill(mask, 0.0)

@@ -36,39 +36,162 @@ real source positions, </s> included).
 """
 
 import torch
-from torch.nn.utils.rnn import pad_sequence
+import torch.nn.functional as F
 
 from nar_refine.inference.hypotheses import make_hypothesis
 from nar_refine.inference.latent_search import (build_candidate_scorer, expand_rows,
                                                 latent_candidates, select_best)
 
 
-def delta_refiner(model, enc, z):
-    """Delta-posterior step: y = argmax p(y|z,x), z' = E_q(z|x,y)[z]; returns (z', y, lprobs of y)."""
-    z_next, tokens, lprobs, _ = model.delta_step(enc, z)
-    return z_next, tokens, lprobs
+class DeltaRefiner:
+    """Delta-posterior inference in two halves, so that the generator runs the posterior only
+    for the sentences that continue (a sentence whose y did not change, or whose step the
+    ascent check undid, stops and its posterior would be wasted):
+
+        decode_step:  y = argmax p(y|z,x)       -> (tokens, their log-probs)
+        update_step:  z' = E_q(z|x,y)[z]        (the mean of the delta posterior)
+
+    Called as ``refiner(model, enc, z)`` it does both: (z', y, log-probs of y)."""
+
+    def decode_step(self, model, enc, z):
+        tokens, lprobs, _ = model.decode(enc, z)
+        return tokens, lprobs
+
+    def update_step(self, model, enc, tokens):
+        return model.posterior(enc, tokens)[0]
+
+    def __call__(self, model, enc, z):
+        tokens, lprobs = self.decode_step(model, enc, z)
+        return self.update_step(model, enc, tokens), tokens, lprobs
+
+
+delta_refiner = DeltaRefiner()
 
 
 def same_rows(a, b, pad):
     """Per-row equality of two pad-padded token matrices of possibly different widths."""
     width = max(a.size(1), b.size(1))
-    a = torch.nn.functional.pad(a, (0, width - a.size(1)), value=pad)
-    b = torch.nn.functional.pad(b, (0, width - b.size(1)), value=pad)
+    a = F.pad(a, (0, width - a.size(1)), value=pad)
+    b = F.pad(b, (0, width - b.size(1)), value=pad)
     return a.eq(b).all(1)
+
+
+class DecodeBuffer:
+    """The decode (argmax tokens, their log-probs) of every row's current z, as pad-padded
+    N x T tensors updated in place by row index; ``known[r]``: row r's current z is decoded.
+    Widens (with pads) when a decode is longer than the buffer."""
+
+    def __init__(self, n, device, pad):
+        self.pad = pad
+        self.tokens = torch.full((n, 1), pad, dtype=torch.long, device=device)
+        self.lprobs = torch.zeros((n, 1), device=device)
+        self.known = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def widen(self, width):
+        extra = width - self.tokens.size(1)
+        if extra > 0:
+            self.tokens = F.pad(self.tokens, (0, extra), value=self.pad)
+            self.lprobs = F.pad(self.lprobs, (0, extra), value=0.0)
+
+    def put(self, rows, tokens, lprobs):
+        self.widen(tokens.size(1))
+        width = self.tokens.size(1)
+        self.tokens[rows] = F.pad(tokens, (0, width - tokens.size(1)), value=self.pad)
+        self.lprobs[rows] = F.pad(lprobs.float(), (0, width - lprobs.size(1)), value=0.0)
+        self.known[rows] = True
+
+    def copy_rows(self, rows, other, other_rows=None):
+        """Rows ``rows`` <- rows ``other_rows`` (default the same) of another buffer."""
+        other_rows = rows if other_rows is None else other_rows
+        self.widen(other.tokens.size(1))
+        other.widen(self.tokens.size(1))
+        self.tokens[rows] = other.tokens[other_rows]
+        self.lprobs[rows] = other.lprobs[other_rows]
+        self.known[rows] = other.known[other_rows]
+
+    def select(self, rows):
+        out = DecodeBuffer.__new__(DecodeBuffer)
+        out.pad, out.tokens, out.lprobs, out.known = self.pad, self.tokens[rows], self.lprobs[rows], self.known[rows]
+        return out
+
+
+class History:
+    """``--retain-iter-history``: the tokens of every step, per row (host side; only when asked)."""
+
+    def __init__(self, n, pad):
+        self.pad = pad
+        self.rows = [[] for _ in range(n)]
+
+    def append(self, rows, tokens):
+        tokens = tokens.cpu()
+        for i, r in enumerate(rows.tolist()):
+            self.rows[r].append(tokens[i])
+
+    def finish(self, tokens):
+        """The final tokens close every row's history unless its last step already holds them."""
+        tokens = tokens.cpu()
+        for r, steps in enumerate(self.rows):
+            if not steps or not same_rows(steps[-1][None], tokens[r][None], self.pad):
+                steps.append(tokens[r])
+
+
+class RefineState:
+    """What ``LatentRefinementGenerator.refine`` returns: z, steps per row, the decodes of the
+    final z where a step already made them (``dec``), the history (or None) and ``unchecked``:
+    (rows, their J before the last step, z before it, its decodes) for the ascent check of
+    rows whose last step no decode has judged yet, or None."""
+
+    def __init__(self, z, steps, dec, history, unchecked):
+        self.z, self.steps, self.dec, self.history, self.unchecked = z, steps, dec, history, unchecked
+
+
+def latent_hypotheses(gen, best, tokens, lprobs, steps, lp_y, log_prior, z, padding_mask, scores,
+                      history):
+    """fairseq's hypothesis dicts of the ``best`` rows, built on the host after one transfer per
+    tensor (no per-sentence device work)."""
+    host = [t.index_select(0, best).cpu() for t in (tokens, lprobs, steps, lp_y, log_prior, z, padding_mask)]
+    tok, lp, st, lpy, lpr, zz, pm = host
+    best_list = best.tolist()
+    sc = scores.cpu() if scores is not None else None
+    if gen.keep_candidates:
+        all_tok, all_lpy, all_lpr = tokens.cpu(), lp_y.cpu(), log_prior.cpu()
+    m = gen.search_size
+    hypos = []
+    for b, r in enumerate(best_list):
+        hypo = make_hypothesis(tok[b], lp[b], gen.pad, gen.eos, int(st[b]),
+                               history.rows[r] if history is not None else None)
+        hypo.update(lp_y=float(lpy[b]), log_prior=float(lpr[b]), objective=float(lpy[b] + lpr[b]),
+                    latent=zz[b][~pm[b]])
+        if sc is not None:
+            hypo["search_score"] = float(sc[r])
+        if gen.keep_candidates:
+            hypo["candidates"] = [
+                {"tokens": all_tok[c][all_tok[c].ne(gen.pad)],
+                 "score": float(sc[c]) if sc is not None else None,
+                 "lp_y": float(all_lpy[c]), "log_prior": float(all_lpr[c])}
+                for c in range(b * m, (b + 1) * m)
+            ]
+        hypos.append([hypo])
+    return hypos
 
 
 class LatentRefinementGenerator:
     def __init__(self, tgt_dict, refiner=None, max_iter=0, adaptive=True, search_size=1,
                  search_noise=0.5, scorer=None, retain_history=False, keep_candidates=False,
-                 ascent_check=False):
+                 ascent_check=False, grad_free=True, max_search_tokens=0):
         """``refiner`` None or ``max_iter`` 0 decodes z_0 directly (the ``prior`` decoding).
 
         ``search_size`` m > 1 starts from m candidates per sentence and keeps the one that
-        ``scorer(src_tokens, src_lengths, tokens, lprobs) -> scores`` ranks first;
-        ``keep_candidates`` stores all of them in ``hypo["candidates"]`` (for inspection).
+        ``scorer(src_tokens, src_lengths, tokens, lprobs, rows=None) -> scores`` ranks first
+        (``rows``: the sentence of every candidate row, when ``src_tokens`` has one row per
+        sentence); ``keep_candidates`` stores all of them in ``hypo["candidates"]``.
+        ``max_search_tokens`` > 0: the B*m candidates are decoded in chunks of whole sentences
+        of at most that many candidate source tokens (memory; one chunk when 0).
         ``ascent_check``: for refiners that also return the token log-probs of the z they were
         given, a step is undone (and the sentence stops) when it lowered the objective
         log p(y|z,x) + log p(z|x), so the result is never worse than the starting latent's.
+        ``grad_free``: decode under ``torch.inference_mode`` (False for the energy network,
+        whose score is an autograd gradient).
         """
         if search_size > 1 and scorer is None:
             raise ValueError("latent search needs a candidate scorer")
@@ -82,6 +205,11 @@ class LatentRefinementGenerator:
         self.retain_history = retain_history
         self.keep_candidates = keep_candidates
         self.ascent_check = ascent_check
+        self.grad_free = grad_free
+        self.max_search_tokens = max_search_tokens
+
+    def _context(self):
+        return torch.inference_mode() if self.grad_free else torch.no_grad()
 
     @torch.no_grad()
     def generate(self, models, sample, **unused):
@@ -90,135 +218,128 @@ class LatentRefinementGenerator:
         net = sample["net_input"]
         src_tokens, src_lengths = net["src_tokens"], net["src_lengths"]
         bsz, m = src_tokens.size(0), self.search_size
-        enc = model.encode(src_tokens, src_lengths)
-        mu, sigma = model.prior(enc)
-        if m > 1:
-            rows = expand_rows(bsz, m, src_tokens.device)
-            enc, src_tokens, src_lengths = enc.index(rows), src_tokens[rows], src_lengths[rows]
-            z = latent_candidates(mu, sigma, m, self.search_noise)
-        else:
-            z = mu
-
-        z, steps, history, dec, unchecked = self.refine(model, enc, z)
-        # decode only the rows whose final z has not been decoded yet (one softmax, one batch)
-        need = [r for r, d in enumerate(dec) if d is None]
-        if need:
-            idx = torch.tensor(need, device=z.device)
-            t, lp, _ = model.decode(enc.index(idx), z[idx])
-            for i, r in enumerate(need):
-                dec[r] = (t[i], lp[i])
-        log_prior = model.log_prior(enc, z)
-        if unchecked is not None:
-            # the last step of rows that ran out of steps is judged now, by their final decode
-            rows, obj_before, z_before, dec_before = unchecked
-            lp_rows = torch.stack([dec[r][1].sum() for r in rows.tolist()])
-            worse = (lp_rows + log_prior[rows]) < obj_before
-            back = rows[worse]
-            if back.numel() > 0:
-                z[back], steps[back] = z_before[worse], steps[back] - 1
-                for i, r in zip(worse.nonzero().flatten().tolist(), back.tolist()):
-                    dec[r] = dec_before[i]
-                log_prior[back] = model.log_prior(enc.index(back), z[back])
-        tokens = pad_sequence([d[0] for d in dec], batch_first=True, padding_value=self.pad)
-        lprobs = pad_sequence([d[1] for d in dec], batch_first=True, padding_value=0.0)
-        lp_y = lprobs.sum(-1)
-        if history is not None:
-            for r in range(tokens.size(0)):
-                if not history[r] or not same_rows(history[r][-1][None], tokens[r][None], self.pad):
-                    history[r].append(tokens[r])
-
-        if m > 1:
-            scores = self.scorer(src_tokens, src_lengths, tokens, lprobs).float()
-            best = select_best(scores, m)
-        else:
-            scores, best = None, torch.arange(bsz, device=tokens.device)
-
+        chunk = bsz
+        if m > 1 and self.max_search_tokens > 0:
+            chunk = max(1, self.max_search_tokens // (m * src_tokens.size(1)))
+        if chunk >= bsz:
+            return self._generate(model, src_tokens, src_lengths)
         hypos = []
-        for b, r in enumerate(best.tolist()):
-            hypo = make_hypothesis(tokens[r], lprobs[r], self.pad, self.eos, int(steps[r]),
-                                   history[r] if history is not None else None)
-            hypo.update(lp_y=float(lp_y[r]), log_prior=float(log_prior[r]),
-                        objective=float(lp_y[r] + log_prior[r]),
-                        latent=z[r][~enc["padding_mask"][r]])
-            if scores is not None:
-                hypo["search_score"] = float(scores[r])
-            if self.keep_candidates:
-                hypo["candidates"] = [
-                    {"tokens": tokens[c][tokens[c].ne(self.pad)],
-                     "score": float(scores[c]) if scores is not None else None,
-                     "lp_y": float(lp_y[c]), "log_prior": float(log_prior[c])}
-                    for c in range(b * m, (b + 1) * m)
-                ]
-            hypos.append([hypo])
+        for start in range(0, bsz, chunk):
+            part = slice(start, start + chunk)
+            hypos.extend(self._generate(model, src_tokens[part], src_lengths[part]))
         return hypos
 
-    def refine(self, model, enc, z):
-        """Apply the refiner up to ``max_iter`` times.
+    def _generate(self, model, src_tokens, src_lengths):
+        bsz, m = src_tokens.size(0), self.search_size
+        with self._context():
+            enc = model.encode(src_tokens, src_lengths)
+            mu, sigma = model.prior(enc)
+            rows = None
+            if m > 1:
+                rows = expand_rows(bsz, m, src_tokens.device)
+                z = latent_candidates(mu, sigma, m, self.search_noise)
+                enc, mu, sigma = enc.index(rows), mu[rows], sigma[rows]
+            else:
+                z = mu
 
-        Returns (z, steps per row, history or None, decodes, unchecked or None). ``decodes[r]``
-        is (tokens, token log-probs) of row r's final z when a refiner step already decoded it
-        (the sentence stopped there), else None. ``unchecked`` = (rows, their J before the last
-        step, z before it, its decodes) for the ascent check of rows whose last step no decode
-        has judged yet.
-        """
+            state = self.refine(model, enc, z, (mu, sigma))
+            z, steps, dec = state.z, state.steps, state.dec
+            # decode only the rows whose final z has not been decoded yet (one softmax, one batch)
+            need = (~dec.known).nonzero().squeeze(1)
+            if need.numel() > 0:
+                t, lp, _ = model.decode(enc.index(need), z[need])
+                dec.put(need, t, lp)
+            log_prior = model.log_prior(enc, z, prior=(mu, sigma))
+            if state.unchecked is not None:
+                # the last step of rows that ran out of steps is judged now, by their final decode
+                urows, obj_before, z_before, dec_before = state.unchecked
+                worse = (dec.lprobs[urows].sum(-1) + log_prior[urows]) < obj_before
+                back = urows[worse]
+                z[back], steps[back] = z_before[worse], steps[back] - 1
+                dec.copy_rows(back, dec_before, worse.nonzero().squeeze(1))
+                log_prior[back] = model.log_prior(enc.index(back), z[back], prior=(mu[back], sigma[back]))
+            tokens, lprobs = dec.tokens, dec.lprobs
+            lp_y = lprobs.sum(-1)
+            if m > 1:
+                scores = self.scorer(src_tokens, src_lengths, tokens, lprobs, rows=rows).float()
+                best = select_best(scores, m)
+            else:
+                scores, best = None, torch.arange(bsz, device=tokens.device)
+            if state.history is not None:
+                state.history.finish(tokens)
+        # outside inference_mode: the hypotheses are ordinary tensors (fairseq-generate and
+        # callers may update them in place)
+        return latent_hypotheses(self, best, tokens, lprobs, steps, lp_y, log_prior, z,
+                                 enc["padding_mask"], scores, state.history)
+
+    def refine(self, model, enc, z, prior):
+        """Apply the refiner up to ``max_iter`` times to all rows, stopped rows leaving the
+        batch; every update is a tensor operation on row indices. Returns a ``RefineState``."""
         n = z.size(0)
         z = z.clone()
+        mu, sigma = prior
         steps = torch.zeros(n, dtype=torch.long, device=z.device)
-        history = [[] for _ in range(n)] if self.retain_history else None
-        dec = [None] * n  # decode of each row's current z, when known
-        dec_before = [None] * n  # decode of each row's previous z
+        history = History(n, self.pad) if self.retain_history else None
+        dec = DecodeBuffer(n, z.device, self.pad)          # decode of each row's current z
+        dec_before = DecodeBuffer(n, z.device, self.pad)   # decode of each row's previous z
         obj_before = torch.full((n,), float("-inf"), device=z.device)  # J of each row's previous z
         z_before = z.clone()
         active = torch.arange(n, device=z.device)
         prev = None  # tokens of the active rows at the previous step
         checked = False
+        two_phase = hasattr(self.refiner, "decode_step")
         for _ in range(self.max_iter):
             if active.numel() == 0:
                 break
-            rows = active.tolist()
             sub = enc.index(active)
-            out = self.refiner(model, sub, z[active])
-            z_next, toks = out[0], out[1]
-            lps = out[2] if len(out) > 2 else None
+            z_a = z[active]
+            if two_phase:
+                z_next = None
+                toks, lps = self.refiner.decode_step(model, sub, z_a)
+            else:
+                out = self.refiner(model, sub, z_a)
+                z_next, toks = out[0], out[1]
+                lps = out[2] if len(out) > 2 else None
             if lps is not None:
-                for i, r in enumerate(rows):
-                    dec[r] = (toks[i], lps[i])
+                dec.put(active, toks, lps)
             go = torch.ones(active.numel(), dtype=torch.bool, device=z.device)
             if self.ascent_check and lps is not None:
                 checked = True
-                obj = lps.float().sum(-1) + model.log_prior(sub, z[active])
+                obj = lps.float().sum(-1) + model.log_prior(sub, z_a, prior=(mu[active], sigma[active]))
                 worse = obj < obj_before[active]
                 back = active[worse]  # the previous step lowered J: undo it, stop the sentence
                 z[back], steps[back] = z_before[back], steps[back] - 1
-                for r in back.tolist():
-                    dec[r] = dec_before[r]
+                dec.copy_rows(back, dec_before)
                 obj_before[active] = torch.where(worse, obj_before[active], obj)
                 go &= ~worse
             if toks is None and history is not None:
-                toks = model.decode(sub, z[active])[0]  # costs a softmax; only when asked
+                toks = model.decode(sub, z_a)[0]  # costs a softmax; only when asked
             if history is not None:
-                for i, r in enumerate(rows):
-                    if go[i]:
-                        history[r].append(toks[i])
+                history.append(active[go], toks[go])
             if self.adaptive and toks is not None and prev is not None:
                 # y_k == y_{k-1}: this z already yields a fixed point; keep it, drop the row
                 go &= ~same_rows(toks, prev, self.pad)
-            moving = active[go]
-            for r in moving.tolist():
-                dec_before[r], dec[r] = dec[r], None
+            keep = go.nonzero().squeeze(1)
+            moving = active[keep]
+            if z_next is None:  # the posterior of the continuing rows only
+                z_next = (self.refiner.update_step(model, sub.index(keep), toks[keep])
+                          if keep.numel() > 0 else z.new_zeros((0,) + z.shape[1:]))
+            else:
+                z_next = z_next[keep]
+            dec_before.copy_rows(moving, dec)
+            dec.known[moving] = False
             z_before[moving] = z[moving]
-            z[moving] = z_next[go].to(z.dtype)
+            z[moving] = z_next.to(z.dtype)
             steps[moving] += 1
-            active, prev = moving, (toks[go] if toks is not None else None)
+            active, prev = moving, (toks[keep] if toks is not None else None)
         unchecked = None
         if checked and active.numel() > 0:
-            unchecked = (active, obj_before[active], z_before[active],
-                         [dec_before[r] for r in active.tolist()])
-        return z, steps, history, dec, unchecked
+            unchecked = (active, obj_before[active], z_before[active], dec_before.select(active))
+        return RefineState(z, steps, dec, history, unchecked)
 
 
 def build_latent_generator(task, model, gen_args, refiner=None, max_iter=0, adaptive=True,
-                           ascent_check=False):
+                           ascent_check=False, grad_free=True):
     """A ``LatentRefinementGenerator`` configured from the task's and fairseq's options
     (``--latent-search-size/-noise``, ``--teacher-path``, ``--retain-iter-history``)."""
     m = max(1, int(getattr(task.cfg, "latent_search_size", 1) or 1))
@@ -232,4 +353,6 @@ def build_latent_generator(task, model, gen_args, refiner=None, max_iter=0, adap
         scorer=build_candidate_scorer(task, model) if m > 1 else None,
         retain_history=getattr(gen_args, "retain_iter_history", False),
         ascent_check=ascent_check,
+        grad_free=grad_free,
+        max_search_tokens=int(getattr(task.cfg, "latent_search_max_tokens", 0) or 0),
     )

@@ -47,7 +47,7 @@ class ModelScorer:
     def __init__(self, pad):
         self.pad = pad
 
-    def __call__(self, src_tokens, src_lengths, tokens, lprobs):
+    def __call__(self, src_tokens, src_lengths, tokens, lprobs, rows=None):
         lengths = tokens.ne(self.pad).sum(-1).clamp(min=1)
         return lprobs.float().sum(-1) / lengths
 

@@ -81,5 +81,7 @@ def build_score_generator(task, model, gen_args, decoding):
     cfg = task.cfg  # values checked by validate_decoding_options (nar_refine.inference)
     refiner = ScoreRefiner(cfg.score_alpha, parse_step_sizes(cfg.score_line_search))
     # the score steps never decode, so there is nothing to stop on adaptively
+    # the energy network's score is an autograd gradient: no inference_mode there
     return build_latent_generator(task, model, gen_args, refiner=refiner,
-                                  max_iter=cfg.score_steps, adaptive=False)
+                                  max_iter=cfg.score_steps, adaptive=False,
+                                  grad_free=not model.energy)

@@ -110,8 +110,13 @@ class TeacherScorer:
         return cls(model, task.target_dictionary, path)
 
     @torch.no_grad()
-    def __call__(self, src_tokens, src_lengths, tokens, lprobs=None):
-        """Sum of teacher token log-probs of each row of ``tokens`` (+ </s>) given its source."""
+    def __call__(self, src_tokens, src_lengths, tokens, lprobs=None, rows=None):
+        """Sum of teacher token log-probs of each row of ``tokens`` (+ </s>) given its source.
+
+        ``rows`` (optional): the source row of every candidate, when ``src_tokens`` holds each
+        source once (B rows) and ``tokens`` several candidates per source (latent search,
+        length beam): the teacher then encodes every source once and repeats its encoder
+        output (fairseq's ``reorder_encoder_out``) instead of encoding each candidate's copy."""
         p = next(self.model.parameters())
         if p.device != tokens.device:
             self.model.to(tokens.device)
@@ -124,7 +129,15 @@ class TeacherScorer:
         shifted = torch.cat([target.new_full((bsz, 1), self.eos), target[:, :-1]], 1)
         real = torch.arange(width, device=tokens.device)[None, :] <= lengths[:, None]
         prev = shifted.masked_fill(~real, self.pad)
-        out = self.model(src_tokens, src_lengths, prev)
-        lp = self.model.get_normalized_probs(out, log_probs=True).float()
-        tok_lp = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        encoder_out = self.model.encoder(src_tokens, src_lengths=src_lengths)
+        if rows is not None:
+            encoder_out = self.model.encoder.reorder_encoder_out(encoder_out, rows)
+        out = self.model.decoder(prev, encoder_out=encoder_out)
+        if getattr(self.model.decoder, "adaptive_softmax", None) is not None:
+            lp = self.model.get_normalized_probs(out, log_probs=True).float()
+            tok_lp = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        else:  # log p(y_t) = logit[y_t] - logsumexp(logits): no full-vocabulary log-softmax copy
+            logits = out[0]
+            tok_lp = (logits.gather(-1, target.unsqueeze(-1)).squeeze(-1).float()
+                      - torch.logsumexp(logits.float(), -1))
         return tok_lp.masked_fill(target.eq(self.pad), 0.0).sum(-1)

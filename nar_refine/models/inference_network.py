@@ -21,6 +21,7 @@ generation time) and refuses, with :class:`NARConfigError`, a LaNMT that is miss
 parameters differ from the ones the network was trained on.
 """
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -34,6 +35,7 @@ from fairseq.models import BaseFairseqModel, register_model, register_model_arch
 from nar_refine.errors import NARConfigError
 from nar_refine.modules import ParallelTransformerStack
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
+from nar_refine.modules.token_scores import argmax_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -255,16 +257,15 @@ class InferenceNetworkModel(BaseFairseqModel):
         """The LaNMT's ``decode`` at given target lengths instead of predicted ones: argmax y of
         p(y|z,x) (special symbols excluded); returns (tokens, token log-probs), pad / 0 at pads.
         Used to compare latents at one fixed length (the score line search)."""
-        lprobs = torch.log_softmax(self.lanmt.decode_logits(enc, z, lengths).float(), -1)
-        scores, tokens = lprobs.index_fill(-1, self.lanmt._banned, float("-inf")).max(-1)
+        scores, tokens = argmax_log_probs(self.lanmt.decode_logits(enc, z, lengths), self.lanmt._banned)
         pad_mask = lengths_to_padding_mask(lengths, tokens.size(1))
         return tokens.masked_fill(pad_mask, self.lanmt.pad), scores.masked_fill(pad_mask, 0.0)
 
     def delta_step(self, enc, z):
         return self.lanmt.delta_step(enc, z)
 
-    def log_prior(self, enc, z):
-        return self.lanmt.log_prior(enc, z)
+    def log_prior(self, enc, z, prior=None):
+        return self.lanmt.log_prior(enc, z, prior=prior)
 
     # -- the inference network ------------------------------------------------------------------
     def score(self, enc, z):
@@ -326,7 +327,10 @@ class EnergyNetworkModel(InferenceNetworkModel):
         """S = -dE/dz; a differentiable function of the weights while training (create_graph)."""
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):  # fused kernels lack double backward
+        # fused attention kernels lack the double backward that training (create_graph) needs;
+        # decoding takes a single gradient and may use them
+        kernels = sdpa_kernel([SDPBackend.MATH]) if self.training else contextlib.nullcontext()
+        with torch.enable_grad(), kernels:
             z = z.detach().requires_grad_(True)
             energy = self.energy_value(enc, z)
             (grad,) = torch.autograd.grad(energy.sum(), z, create_graph=self.training)

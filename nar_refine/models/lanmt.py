@@ -46,6 +46,7 @@ from nar_refine.errors import NARConfigError
 from nar_refine.models.refine_nat import SourceEncoding, _nat_defaults, encode_source, target_without_eos
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
+from nar_refine.modules.token_scores import argmax_log_probs
 
 # floor on sigma: keeps log(sigma) and the KL gradient (about -1/sigma) finite. 1e-4 is the
 # smallest decade where sigma and 1/sigma are both normal fp16 numbers (fp16's smallest normal is
@@ -242,8 +243,7 @@ class LaNMTModel(BaseFairseqModel):
         Returns (tokens B x T pad-padded, token log-probs B x T (0 at pads), lengths B).
         """
         lengths = self.predict_lengths(enc, z)
-        lprobs = torch.log_softmax(self.decode_logits(enc, z, lengths).float(), -1)
-        scores, tokens = lprobs.index_fill(-1, self._banned, float("-inf")).max(-1)
+        scores, tokens = argmax_log_probs(self.decode_logits(enc, z, lengths), self._banned)
         pad_mask = lengths_to_padding_mask(lengths, tokens.size(1))
         return tokens.masked_fill(pad_mask, self.pad), scores.masked_fill(pad_mask, 0.0), lengths
 
@@ -256,9 +256,10 @@ class LaNMTModel(BaseFairseqModel):
         z_next, _ = self.posterior(enc, tokens)
         return z_next, tokens, lprobs, lengths
 
-    def log_prior(self, enc, z):
-        """log p(z|x) summed over real source positions and latent dims -> B (float32)."""
-        mu, sigma = self.prior(enc)
+    def log_prior(self, enc, z, prior=None):
+        """log p(z|x) summed over real source positions and latent dims -> B (float32).
+        ``prior``: the (mu, sigma) of ``self.prior(enc)`` when the caller has them already."""
+        mu, sigma = self.prior(enc) if prior is None else prior
         keep = (~enc["padding_mask"]).unsqueeze(-1).float()
         return (gaussian_log_density(z.float(), mu.float(), sigma.float()) * keep).sum((1, 2))
 

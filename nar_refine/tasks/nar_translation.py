@@ -97,6 +97,13 @@ class NARTranslationConfig(TranslationConfig):
         metadata={"help": "latent search: candidates are mu + noise * sigma * N(0, I) (finite, "
                   ">= 0; 0 = every candidate is the prior mean)"},
     )
+    latent_search_max_tokens: int = field(
+        default=0,
+        metadata={"help": "latent search: decode the B x m candidates of a batch in chunks of whole "
+                  "sentences with at most this many candidate source tokens (m x source length "
+                  "per sentence), so that a large m does not run out of memory; --max-tokens "
+                  "does not see the m copies. 0 = one chunk (>= 0)"},
+    )
     delta_ascent_check: bool = field(
         default=False,
         metadata={
