@@ -42,7 +42,8 @@ fairseq-preprocess and the data-bin's source dictionary into WORK/data-bin-extra
 file name without .SRC); every system then translates it (batched, as the throughput run) and
 writes OUT/blind/SET/SYSTEM.TGT, detokenised as hyps/, one line per source line, in order.
 Nothing is scored there: these files have no references here.
---replot redraws the three plots from --out/results.json without running anything.
+--replot redraws the three plots and rewrites results.md from --out/results.json without running
+anything; --notes MD (default OUT/notes.md) puts hand-written notes after results.md's header.
 """
 
 import argparse
@@ -124,7 +125,11 @@ def get_parser():
                    help="only translate the extra files (no test set, no timing; results.md/json "
                         "untouched): OUT/blind/SET/SYSTEM.TGT and OUT/blind/translations.{json,md}")
     p.add_argument("--replot", action="store_true",
-                   help="only redraw the plots from OUT/results.json of an earlier run")
+                   help="only redraw the plots and rewrite results.md (with --notes) from "
+                        "OUT/results.json of an earlier run")
+    p.add_argument("--notes", metavar="MD",
+                   help="markdown put into results.md after its header (what changed since the "
+                        "last table and why); default OUT/notes.md when it exists")
     # system settings
     p.add_argument("--ar-beams", type=int_list, default=[1, 5])
     p.add_argument("--ar-max-len-a", type=float, default=None, help="fairseq --max-len-a for the AR systems")
@@ -641,9 +646,18 @@ def targets(rows):
     return out
 
 
-def write_markdown(path, meta, rows, target_lines, plots):
+def read_notes(a):
+    path = Path(a.notes) if a.notes else Path(a.out) / "notes.md"
+    if a.notes and not path.is_file():
+        sys.exit(f"--notes: no file {path}")
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+
+def write_markdown(path, meta, rows, target_lines, plots, notes=None):
     L = []
     L.append("# Multi30k benchmark: every system, one process, this machine\n")
+    if notes:
+        L.append(notes + "\n")
     L.append(f"Date (UTC): {meta['date']}  ")
     L.append(f"Machine: {meta['machine']['cpu']} ({meta['machine']['cpu_count']} logical CPUs), "
              f"{meta['machine']['platform']}; device {meta['machine']['device']}; "
@@ -925,8 +939,11 @@ def main(argv=None):
         results = Path(a.out) / "results.json"
         if not results.is_file():
             sys.exit(f"--replot: no {results} (run the benchmark first)")
-        plots = make_plots(a.out, json.loads(results.read_text())["systems"], a.length_bin)
-        print("redrew " + ", ".join(str(Path(a.out) / png) for _, png in plots))
+        data = json.loads(results.read_text())
+        plots = make_plots(a.out, data["systems"], a.length_bin)
+        write_markdown(Path(a.out) / "results.md", data, data["systems"], data.get("targets", []), plots,
+                       notes=read_notes(a))
+        print("redrew " + ", ".join(str(Path(a.out) / png) for _, png in plots) + " and results.md")
         return
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(a.threads))
@@ -1030,7 +1047,7 @@ def main(argv=None):
         "translated_sets": {name: {"source": os.path.relpath(f, REPO), "lines": n}
                             for f, (name, _, n) in zip(extra_files, binarised)},
     }
-    write_markdown(Path(a.out) / "results.md", meta, rows, target_lines, plots)
+    write_markdown(Path(a.out) / "results.md", meta, rows, target_lines, plots, notes=read_notes(a))
     with open(Path(a.out) / "results.json", "w") as f:
         json.dump({**meta, "targets": target_lines, "systems": rows}, f, indent=1)
 

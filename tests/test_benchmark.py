@@ -112,8 +112,12 @@ def test_every_system_is_measured(work, toy_data):
     # --replot redraws the plots from results.json alone
     for png in ("latency_vs_length.png", "bleu_vs_steps.png", "bleu_vs_latency.png"):
         (out / png).unlink()
+    (out / "notes.md").write_text("## What changed\n\nA hand-written note.\n")
     replot = run([sys.executable, SCRIPT, "--work", str(work), "--out", str(out), "--replot"])
     assert "redrew" in replot.stdout and "[1/" not in replot.stdout  # nothing decoded
+    md_again = (out / "results.md").read_text()  # rewritten from results.json, with the notes
+    assert "A hand-written note." in md_again and md_again.replace(
+        "## What changed\n\nA hand-written note.\n\n", "") == md
     for png in ("latency_vs_length.png", "bleu_vs_steps.png", "bleu_vs_latency.png"):
         assert (out / png).stat().st_size > 5000, png
 
