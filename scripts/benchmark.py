@@ -733,7 +733,8 @@ def write_markdown(path, meta, rows, target_lines, plots, notes=None):
         L.append(f"# {r['key']}: {r['name']}")
         L.append(r["fairseq_generate"])
     L.append("```")
-    Path(path).write_text("\n".join(L) + "\n", encoding="utf-8")
+    # paths relative to the repository, as the equivalent commands are
+    Path(path).write_text(("\n".join(L) + "\n").replace(str(REPO) + os.sep, ""), encoding="utf-8")
 
 
 FAMILY_STYLE = {"AR": ("black", "s"), "CMLM": ("tab:gray", "D"), "refine_nat": ("tab:blue", "o"),

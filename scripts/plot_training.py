@@ -128,8 +128,8 @@ def plot(path, curves):
             ax.plot(us, [points[u]["loss"] for u in us], "-o", ms=3, color=colors.get(name), label=name)
     ax.set_title("(b) validation loss (each criterion's own)")
     ax.set_xlabel("updates")
-    ax.set_ylabel("loss (log scale)")
-    ax.set_yscale("log")
+    ax.set_ylabel("loss (symmetric log scale: the score networks' loss is negative)")
+    ax.set_yscale("symlog", linthresh=1.0)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax = axes[2]
