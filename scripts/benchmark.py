@@ -881,7 +881,8 @@ def translate_only(a, bench, systems, ckpts, command, machine, binarised, extra_
             "wall_seconds": round(time.perf_counter() - t_start, 1), "sets": sets,
             "checkpoints": {k: os.path.relpath(v, REPO) for k, v in ckpts.items()},
             "systems": done, "failed": failed}
-    (out / "translations.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    (out / "translations.json").write_text(json.dumps(meta, indent=1).replace(str(REPO) + os.sep, ""),
+                                           encoding="utf-8")
     L = ["# Translations of extra source files (no references here: not scored)\n",
          f"Date (UTC): {meta['date']}; {a.threads} thread(s); total {meta['wall_seconds']:.0f} s. Command:\n",
          "```\n" + command + "\n```\n",
@@ -895,7 +896,8 @@ def translate_only(a, bench, systems, ckpts, command, machine, binarised, extra_
     L += [f"| {k} | " + " | ".join(f"{v['sets'][n]['seconds']:.1f}" for n in sets) + " |" for k, v in done.items()]
     if failed:
         L += ["", "Not translated:", ""] + [f"* {f}" for f in failed]
-    (out / "translations.md").write_text("\n".join(L) + "\n", encoding="utf-8")
+    (out / "translations.md").write_text(("\n".join(L) + "\n").replace(str(REPO) + os.sep, ""),
+                                         encoding="utf-8")
     logger.info("translated %d set(s) with %d system(s): %s", len(sets), len(done), out)
     if failed:
         logger.error("%d system(s) not translated", len(failed))
