@@ -44,6 +44,8 @@ BAD = [
      "--latent-search-noise must be finite and >= 0"),
     ("delta", ["--latent-search-size", "2", "--latent-search-noise", "nan"],
      "--latent-search-noise must be finite and >= 0"),
+    ("delta", ["--latent-search-size", "2", "--latent-search-max-tokens", "-1"],
+     "--latent-search-max-tokens must be >= 0 (0 = all candidates in one chunk), got -1"),
     ("prior", ["--score-steps", "-1"], "--score-steps must be >= 0"),
     ("prior", ["--score-alpha", "0"], "--score-alpha must be positive and finite, got 0.0"),
     ("prior", ["--score-alpha", "-1"], "--score-alpha must be positive and finite"),
