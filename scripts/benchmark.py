@@ -280,6 +280,18 @@ def count_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def hypothesis_text(hypo, cfg, tgt_dict, strip):
+    """A hypothesis as fairseq-generate prints it (H- line text, subwords removed per
+    --post-process)."""
+    from fairseq import utils
+
+    _, text, _ = utils.post_process_prediction(
+        hypo_tokens=hypo["tokens"].int().cpu(), src_str="", alignment=hypo.get("alignment"),
+        align_dict=None, tgt_dict=tgt_dict, remove_bpe=cfg.common_eval.post_process,
+        extra_symbols_to_ignore=strip)
+    return text
+
+
 class Bench:
     """Loads tasks, datasets and models once, then measures systems one by one."""
 
@@ -348,7 +360,7 @@ class Bench:
         from fairseq import utils
         from fairseq_cli.generate import get_symbols_to_strip_from_output
 
-        torch, a = self.torch, self.a
+        a = self.a
         t_setup = time.perf_counter()
         cfg, task, models, generator, dataset = self.setup(system)
         setup_s = time.perf_counter() - t_setup
@@ -396,11 +408,7 @@ class Bench:
             total += time.perf_counter() - t0
             for j, sid in enumerate(s["id"].tolist()):
                 hypo = out[j][0]
-                _, hypo_str, _ = utils.post_process_prediction(
-                    hypo_tokens=hypo["tokens"].int().cpu(), src_str="", alignment=hypo.get("alignment"),
-                    align_dict=None, tgt_dict=tgt_dict, remove_bpe=cfg.common_eval.post_process,
-                    extra_symbols_to_ignore=strip)
-                hyps[sid] = hypo_str
+                hyps[sid] = hypothesis_text(hypo, cfg, tgt_dict, strip)
                 if hypo.get("steps") is not None:
                     # fairseq's IterativeRefinementGenerator counts from 0: report decoder passes
                     steps.append(int(hypo["steps"]) + (1 if system.family == "CMLM" else 0))
@@ -482,12 +490,7 @@ class Bench:
             sample = utils.move_to_cuda(sample) if a.cuda else sample
             out = task.inference_step(generator, models, sample)
             for j, sid in enumerate(sample["id"].tolist()):
-                hypo = out[j][0]
-                _, hypo_str, _ = utils.post_process_prediction(
-                    hypo_tokens=hypo["tokens"].int().cpu(), src_str="", alignment=hypo.get("alignment"),
-                    align_dict=None, tgt_dict=task.target_dictionary, remove_bpe=cfg.common_eval.post_process,
-                    extra_symbols_to_ignore=strip)
-                hyps[sid] = self.decode(hypo_str)
+                hyps[sid] = self.decode(hypothesis_text(out[j][0], cfg, task.target_dictionary, strip))
         seconds = time.perf_counter() - t0
         if sorted(hyps) != list(range(n)):
             raise RuntimeError(f"{set_name}: {n} source lines but hypotheses for {len(hyps)}")

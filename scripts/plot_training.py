@@ -111,21 +111,21 @@ def plot(path, curves):
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     colors = dict(zip(MODELS, ["black", "tab:gray", "tab:blue", "tab:green", "tab:red", "tab:purple"]))
+    def per_model(ax, key):
+        for name, points in curves.items():
+            us = [u for u in points if key in points[u]]
+            if us:
+                ax.plot(us, [points[u][key] for u in us], "-o", ms=3, color=colors.get(name), label=name)
+
     ax = axes[0]
-    for name, points in curves.items():
-        us = [u for u in points if "bleu" in points[u]]
-        if us:
-            ax.plot(us, [points[u]["bleu"] for u in us], "-o", ms=3, color=colors.get(name), label=name)
+    per_model(ax, "bleu")
     ax.set_title("(a) validation BLEU (own decoding)")
     ax.set_xlabel("updates")
     ax.set_ylabel("BLEU (sacreBLEU, cased, 13a)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax = axes[1]
-    for name, points in curves.items():
-        us = [u for u in points if "loss" in points[u]]
-        if us:
-            ax.plot(us, [points[u]["loss"] for u in us], "-o", ms=3, color=colors.get(name), label=name)
+    per_model(ax, "loss")
     ax.set_title("(b) validation loss (each criterion's own)")
     ax.set_xlabel("updates")
     ax.set_ylabel("loss (symmetric log scale: the score networks' loss is negative)")

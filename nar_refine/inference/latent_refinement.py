@@ -51,7 +51,8 @@ class DeltaRefiner:
         decode_step:  y = argmax p(y|z,x)       -> (tokens, their log-probs)
         update_step:  z' = E_q(z|x,y)[z]        (the mean of the delta posterior)
 
-    Called as ``refiner(model, enc, z)`` it does both: (z', y, log-probs of y)."""
+    Called as ``refiner(model, enc, z)`` it is the model's whole ``delta_step``: (z', y,
+    log-probs of y)."""
 
     def decode_step(self, model, enc, z):
         tokens, lprobs, _ = model.decode(enc, z)
@@ -61,8 +62,8 @@ class DeltaRefiner:
         return model.posterior(enc, tokens)[0]
 
     def __call__(self, model, enc, z):
-        tokens, lprobs = self.decode_step(model, enc, z)
-        return self.update_step(model, enc, tokens), tokens, lprobs
+        z_next, tokens, lprobs, _ = model.delta_step(enc, z)
+        return z_next, tokens, lprobs
 
 
 delta_refiner = DeltaRefiner()
