@@ -123,7 +123,8 @@ def get_parser():
                    help="only the first K lines of each extra file (default all; 20 with --smoke)")
     p.add_argument("--translate-only", action="store_true",
                    help="only translate the extra files (no test set, no timing; results.md/json "
-                        "untouched): OUT/blind/SET/SYSTEM.TGT and OUT/blind/translations.{json,md}")
+                        "untouched): OUT/blind/SET/SYSTEM.TGT and OUT/blind/translations.{json,md}; with "
+                        "--systems, the other systems' earlier entries are kept")
     p.add_argument("--replot", action="store_true",
                    help="only redraw the plots and rewrite results.md (with --notes) from "
                         "OUT/results.json of an earlier run")
@@ -859,6 +860,26 @@ def checkpoint_info(ckpts):
     return info
 
 
+def merge_earlier_translations(path, done, sets, systems):
+    """Keep an earlier run's entries for the systems this run did not translate (a run with
+    --systems retranslates only those), if they cover the same sets; their files are untouched.
+    Entries keep the date of the run that wrote them."""
+    if not path.is_file():
+        return done
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8")).get("systems", {})
+    except ValueError:
+        logger.warning("%s is not JSON: its entries are not kept", path)
+        return done
+    rerun = {s.key for s in systems}
+    kept = {k: v for k, v in earlier.items()
+            if k not in rerun and set(v.get("sets", {})) == set(sets)}
+    if kept:
+        logger.info("kept the earlier translations of %d system(s) not rerun: %s", len(kept), ", ".join(kept))
+    order = list(earlier) + [k for k in done if k not in earlier]
+    return {k: done.get(k, kept.get(k)) for k in order if k in done or k in kept}
+
+
 def translate_only(a, bench, systems, ckpts, command, machine, binarised, extra_files, t_start):
     """Translate the extra files with every system; OUT/blind/translations.{json,md}."""
     out = Path(a.out) / "blind"
@@ -879,9 +900,12 @@ def translate_only(a, bench, systems, ckpts, command, machine, binarised, extra_
             failed.append(f"{s.key}: {type(err).__name__}: {err}")
     sets = {name: {"source": os.path.relpath(f, REPO), "lines": n}
             for f, (name, _, n) in zip(extra_files, binarised)}
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    for entry in done.values():
+        entry["date"] = date
+    done = merge_earlier_translations(out / "translations.json", done, sets, systems)
     meta = {"command": command, "machine": machine, "threads": a.threads, "bpe": a.bpe,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-            "wall_seconds": round(time.perf_counter() - t_start, 1), "sets": sets,
+            "date": date, "wall_seconds": round(time.perf_counter() - t_start, 1), "sets": sets,
             "checkpoints": {k: os.path.relpath(v, REPO) for k, v in ckpts.items()},
             "systems": done, "failed": failed}
     (out / "translations.json").write_text(json.dumps(meta, indent=1).replace(str(REPO) + os.sep, ""),
@@ -895,8 +919,10 @@ def translate_only(a, bench, systems, ckpts, command, machine, binarised, extra_
          "in source order. The system names are those of results.json.\n",
          "| set | source | lines |", "|---|---|---:|"]
     L += [f"| {n} | `{v['source']}` | {v['lines']} |" for n, v in sets.items()]
-    L += ["", "| system | " + " | ".join(f"{n} (s)" for n in sets) + " |", "|---|" + "---:|" * len(sets)]
-    L += [f"| {k} | " + " | ".join(f"{v['sets'][n]['seconds']:.1f}" for n in sets) + " |" for k, v in done.items()]
+    L += ["", "| system | " + " | ".join(f"{n} (s)" for n in sets) + " | translated (UTC) |",
+          "|---|" + "---:|" * len(sets) + "---|"]
+    L += [f"| {k} | " + " | ".join(f"{v['sets'][n]['seconds']:.1f}" for n in sets) + f" | {v.get('date', '')} |"
+          for k, v in done.items()]
     if failed:
         L += ["", "Not translated:", ""] + [f"* {f}" for f in failed]
     (out / "translations.md").write_text(("\n".join(L) + "\n").replace(str(REPO) + os.sep, ""),

@@ -179,6 +179,17 @@ def test_extra_source_files_are_translated_in_order(work, toy_data, tmp_path):
         if key != "lanmt.search2":  # deterministic: the same sentence, the same translation
             assert head == list(reversed(rev))[:3], key
     assert "| lanmt.search2 |" in (out / "blind" / "translations.md").read_text()
+    # a rerun of some systems replaces their files and entries and keeps the others' entries
+    first = meta["systems"]
+    (out / "blind" / "head" / "ar.beam1.tgt").write_text("stale\n")
+    run(args + ["--systems", "ar.beam1", "--translate-only", "--translate-dir", str(extra)])
+    meta = json.loads((out / "blind" / "translations.json").read_text())
+    assert list(meta["systems"]) == list(first)
+    assert {k: v for k, v in meta["systems"].items() if k != "ar.beam1"} == \
+        {k: v for k, v in first.items() if k != "ar.beam1"}
+    assert (out / "blind" / "head" / "ar.beam1.tgt").read_text().splitlines() == \
+        list(reversed((out / "blind" / "rev" / "ar.beam1.tgt").read_text().splitlines()))[:3]
+    assert "| lanmt.search2 |" in (out / "blind" / "translations.md").read_text()
     # nothing to translate is an error, not an empty run
     proc = run(args + ["--translate-only"], check=False)
     assert proc.returncode != 0 and "--translate-only: give --translate" in proc.stderr

@@ -12,6 +12,9 @@
 #           (benchmark.py --translate-only; nothing scored, nothing tuned; BLIND=none skips it)
 # Env: THREADS (torch threads, default 1), BLIND_THREADS (for the blind sets, default 2), OUT.
 # Extra args e.g. -- --latency-sentences 100 --require-all --systems 'ar.*,score.*'
+# Only the blind sets of some systems (e.g. a retrained model), keeping the others' entries:
+#   python scripts/benchmark.py --translate-only --translate-dir ../shared/data/multi30k-blind \
+#     --systems 'refine_nat.*' --threads 2
 source "$(dirname "$0")/common.sh"
 ARGS=(--work "$WORK" --threads "$THREADS")
 [ "$SMOKE" = 1 ] && ARGS+=(--smoke)
