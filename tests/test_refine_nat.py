@@ -1,9 +1,12 @@
 """refine_nat through the real fairseq CLIs: train, generate, adaptive stop, history, resume."""
 
 import argparse
+import json
 import math
 import random
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -400,3 +403,35 @@ def test_positional_attention_by_default_and_old_checkpoints_load(fertility_run)
     assert model.decoder.initial.positional_attention is None
     assert model.decoder.refine.positional_attention is None
     assert not any(".positional_attention." in k for k in model.state_dict())
+
+
+def test_steps_curve_script(toy_data, refine_ckpt, tmp_path):
+    """scripts/steps_curve.py: the update count comes from the checkpoint, each BLEU is
+    sacreBLEU of fairseq-generate's own fixed-step output, and the table's gains are the
+    differences of those BLEUs."""
+    import sacrebleu
+
+    ckpt, _ = refine_ckpt
+    ref = Path(toy_data).parent / "raw" / "test.tgt"
+    out = tmp_path / "curve"
+    script = Path(USER_DIR).parent / "scripts" / "steps_curve.py"
+    run([sys.executable, str(script), "--data-bin", toy_data, "--ref", str(ref), "--gen-subset", "test",
+         "--checkpoints", ckpt, "--steps", "3,0,1", "--remove-bpe", "none", "--out", str(out)])
+    meta = json.loads(out.with_suffix(".json").read_text())
+    [point] = meta["points"]
+    assert point["updates"] == 250 and meta["steps"] == [0, 1, 3]
+    refs = ref.read_text().splitlines()
+    for k in (0, 3):
+        hyps = parse_hypotheses(generate(toy_data, ckpt, NAR + ["--decoding", "refine", "--iter-decode-max-iter",
+                                                                str(k), "--iter-decode-force-max-iter"]).stdout)
+        bleu = sacrebleu.corpus_bleu([hyps[i] for i in sorted(hyps)], [refs], tokenize="13a").score
+        assert point["bleu"][str(k)] == round(bleu, 2), k
+    b = point["bleu"]
+    row = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| 250 |")]
+    assert row and row[0].endswith(f"| {b['3'] - b['0']:+.2f} | {b['3'] - b['1']:+.2f} |"), row
+    assert out.with_suffix(".png").stat().st_size > 5000
+    # a missing checkpoint is named, not a traceback
+    proc = subprocess.run([sys.executable, str(script), "--data-bin", toy_data, "--ref", str(ref),
+                           "--checkpoints", str(tmp_path / "none.pt"), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "no such checkpoint" in proc.stderr
