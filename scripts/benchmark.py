@@ -869,21 +869,26 @@ def checkpoint_info(ckpts):
 def merge_earlier_translations(path, done, sets, systems):
     """Keep an earlier run's entries for the systems this run did not translate (a run with
     --systems retranslates only those), if they cover the same sets; their files are untouched.
-    Entries keep the date of the run that wrote them."""
+    Entries keep the date of the run that wrote them; -> (entries, the earlier runs whose
+    entries are kept: date and command)."""
     if not path.is_file():
-        return done
+        return done, []
     try:
-        earlier = json.loads(path.read_text(encoding="utf-8")).get("systems", {})
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         logger.warning("%s is not JSON: its entries are not kept", path)
-        return done
+        return done, []
+    earlier = meta.get("systems", {})
     rerun = {s.key for s in systems}
-    kept = {k: v for k, v in earlier.items()
+    kept = {k: {**v, "date": v.get("date", meta.get("date", ""))} for k, v in earlier.items()
             if k not in rerun and set(v.get("sets", {})) == set(sets)}
     if kept:
         logger.info("kept the earlier translations of %d system(s) not rerun: %s", len(kept), ", ".join(kept))
     order = list(earlier) + [k for k in done if k not in earlier]
-    return {k: done.get(k, kept.get(k)) for k in order if k in done or k in kept}
+    dates = {v["date"] for v in kept.values()}
+    runs = [r for r in meta.get("earlier_runs", []) + [{"date": meta.get("date", ""), "command": meta.get("command", "")}]
+            if r["date"] in dates]
+    return {k: done.get(k, kept.get(k)) for k in order if k in done or k in kept}, runs
 
 
 def translate_only(a, bench, systems, ckpts, command, machine, binarised, extra_files, t_start):
@@ -909,16 +914,17 @@ def translate_only(a, bench, systems, ckpts, command, machine, binarised, extra_
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     for entry in done.values():
         entry["date"] = date
-    done = merge_earlier_translations(out / "translations.json", done, sets, systems)
+    done, runs = merge_earlier_translations(out / "translations.json", done, sets, systems)
     meta = {"command": command, "machine": machine, "threads": a.threads, "bpe": a.bpe,
             "date": date, "wall_seconds": round(time.perf_counter() - t_start, 1), "sets": sets,
             "checkpoints": {k: os.path.relpath(v, REPO) for k, v in ckpts.items()},
-            "systems": done, "failed": failed}
+            "systems": done, "failed": failed, "earlier_runs": runs}
     (out / "translations.json").write_text(json.dumps(meta, indent=1).replace(str(REPO) + os.sep, ""),
                                            encoding="utf-8")
     L = ["# Translations of extra source files (no references here: not scored)\n",
          f"Date (UTC): {meta['date']}; {a.threads} thread(s); total {meta['wall_seconds']:.0f} s. Command:\n",
          "```\n" + command + "\n```\n",
+         *[f"Systems dated {r['date']} were translated earlier by `{r['command']}`.\n" for r in meta["earlier_runs"]],
          "Each source file is segmented with the pipeline's subword model (" + a.bpe + "), binarised with "
          "the data-bin's dictionary (WORK/data-bin-extra/SET), translated by every system in batches and "
          f"detokenised as the test2016 hypotheses: `SET/SYSTEM.{a.target_lang}`, one line per source line, "

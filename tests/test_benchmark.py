@@ -189,6 +189,8 @@ def test_extra_source_files_are_translated_in_order(work, toy_data, tmp_path):
     run(args + ["--systems", "ar.beam1", "--translate-only", "--translate-dir", str(extra)])
     meta = json.loads((out / "blind" / "translations.json").read_text())
     assert list(meta["systems"]) == list(first)
+    assert [r["date"] for r in meta["earlier_runs"]] == [first["lanmt.search2"]["date"]]
+    assert "--translate-only" in meta["earlier_runs"][0]["command"]
     assert {k: v for k, v in meta["systems"].items() if k != "ar.beam1"} == \
         {k: v for k, v in first.items() if k != "ar.beam1"}
     assert (out / "blind" / "head" / "ar.beam1.tgt").read_text().splitlines() == \
