@@ -40,32 +40,26 @@ is within 0.7 points of it, or above, at 3.2-3.4 steps. Default: ``window=2, min
 
 import torch
 
-from nar_refine.inference.hypotheses import make_hypothesis
+from nar_refine.inference.hypotheses import best_hypotheses, candidate_tokens
 from nar_refine.modules.token_scores import argmax_log_probs
 
 
 def refine_hypotheses(gen, best, tokens, lprobs, steps, rank, scores, history, beam):
-    """fairseq's hypothesis dicts of the ``best`` rows, built on the host after one transfer per
-    tensor (no per-sentence device work)."""
-    best_list = best.tolist()
-    tok, lp, st = (t.index_select(0, best).cpu() for t in (tokens, lprobs, steps))
+    """refine_nat's hypotheses (``best_hypotheses``): the history of decoder outputs, the
+    teacher's rerank score, and with ``keep_candidates`` every length candidate with the
+    model's own rank score and the teacher's."""
     hist = torch.stack(history, 1).index_select(0, best).cpu() if history is not None else None
-    if gen.keep_candidates:
-        all_tok, all_rank = tokens.cpu(), rank.cpu()
     sc = scores.cpu() if scores is not None else None
-    hypos = []
-    for b, r in enumerate(best_list):
-        rows = list(hist[b, : int(st[b]) + 1]) if hist is not None else None
-        hypo = make_hypothesis(tok[b], lp[b], gen.pad, gen.eos, int(st[b]), rows)
-        if sc is not None:
-            hypo["rerank_score"] = float(sc[r])
-        if gen.keep_candidates:
-            hypo["candidates"] = [
-                {"tokens": all_tok[c][all_tok[c].ne(gen.pad)], "rank": float(all_rank[c]),
-                 "score": float(sc[c]) if sc is not None else None}
-                for c in range(b * beam, (b + 1) * beam)]
-        hypos.append([hypo])
-    return hypos
+    all_tok, all_rank = (tokens.cpu(), rank.cpu()) if gen.keep_candidates else (None, None)
+    return best_hypotheses(
+        best, tokens, lprobs, steps, gen.pad, gen.eos,
+        history=(lambda b, r, n: list(hist[b, : n + 1])) if hist is not None else None,
+        extra=(lambda b, r: {"rerank_score": float(sc[r])}) if sc is not None else None,
+        candidates=(lambda b: [
+            {"tokens": candidate_tokens(all_tok[c], gen.pad), "rank": float(all_rank[c]),
+             "score": float(sc[c]) if sc is not None else None}
+            for c in range(b * beam, (b + 1) * beam)]) if gen.keep_candidates else None,
+    )
 
 
 class AdaptiveRefinementGenerator:

@@ -31,3 +31,30 @@ def make_hypothesis(tokens, lprobs, pad, eos, steps=0, history=None):
             for h in history
         ]
     return hypo
+
+
+def best_hypotheses(best, tokens, lprobs, steps, pad, eos, history=None, extra=None, candidates=None):
+    """fairseq's ``[[hypo]]`` for the ``best`` row of every sentence, built on the host after one
+    transfer per tensor (no per-sentence device work); both generators' outputs go through here.
+
+    ``history(b, r, steps)``: the rows of sentence ``b``'s refinement history (``r`` its row in
+    ``tokens``) or None; ``extra(b, r)``: the family's own fields (a dict); ``candidates(b)``:
+    the list stored as ``hypo["candidates"]`` (``keep_candidates``), or None for none.
+    """
+    best_list = best.tolist()
+    tok, lp, st = (t.index_select(0, best).cpu() for t in (tokens, lprobs, steps))
+    hypos = []
+    for b, r in enumerate(best_list):
+        n = int(st[b])
+        hypo = make_hypothesis(tok[b], lp[b], pad, eos, n, history(b, r, n) if history is not None else None)
+        if extra is not None:
+            hypo.update(extra(b, r))
+        if candidates is not None:
+            hypo["candidates"] = candidates(b)
+        hypos.append([hypo])
+    return hypos
+
+
+def candidate_tokens(tokens, pad):
+    """One host row of a candidate matrix without its padding."""
+    return tokens[tokens.ne(pad)]

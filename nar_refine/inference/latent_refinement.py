@@ -38,7 +38,7 @@ real source positions, </s> included).
 import torch
 import torch.nn.functional as F
 
-from nar_refine.inference.hypotheses import make_hypothesis
+from nar_refine.inference.hypotheses import best_hypotheses, candidate_tokens
 from nar_refine.inference.latent_search import (build_candidate_scorer, expand_rows,
                                                 latent_candidates, select_best)
 
@@ -148,32 +148,32 @@ class RefineState:
 
 def latent_hypotheses(gen, best, tokens, lprobs, steps, lp_y, log_prior, z, padding_mask, scores,
                       history):
-    """fairseq's hypothesis dicts of the ``best`` rows, built on the host after one transfer per
-    tensor (no per-sentence device work)."""
-    host = [t.index_select(0, best).cpu() for t in (tokens, lprobs, steps, lp_y, log_prior, z, padding_mask)]
-    tok, lp, st, lpy, lpr, zz, pm = host
-    best_list = best.tolist()
+    """LaNMT-family hypotheses (``best_hypotheses``): log p(y|z,x), log p(z|x), their sum (the
+    objective delta inference climbs), the latent z of the output, the search score, and with
+    ``keep_candidates`` every latent candidate."""
+    lpy, lpr, zz, pm = (t.index_select(0, best).cpu() for t in (lp_y, log_prior, z, padding_mask))
     sc = scores.cpu() if scores is not None else None
     if gen.keep_candidates:
         all_tok, all_lpy, all_lpr = tokens.cpu(), lp_y.cpu(), log_prior.cpu()
     m = gen.search_size
-    hypos = []
-    for b, r in enumerate(best_list):
-        hypo = make_hypothesis(tok[b], lp[b], gen.pad, gen.eos, int(st[b]),
-                               history.rows[r] if history is not None else None)
-        hypo.update(lp_y=float(lpy[b]), log_prior=float(lpr[b]), objective=float(lpy[b] + lpr[b]),
-                    latent=zz[b][~pm[b]])
+
+    def extra(b, r):
+        fields = dict(lp_y=float(lpy[b]), log_prior=float(lpr[b]), objective=float(lpy[b] + lpr[b]),
+                      latent=zz[b][~pm[b]])
         if sc is not None:
-            hypo["search_score"] = float(sc[r])
-        if gen.keep_candidates:
-            hypo["candidates"] = [
-                {"tokens": all_tok[c][all_tok[c].ne(gen.pad)],
-                 "score": float(sc[c]) if sc is not None else None,
-                 "lp_y": float(all_lpy[c]), "log_prior": float(all_lpr[c])}
-                for c in range(b * m, (b + 1) * m)
-            ]
-        hypos.append([hypo])
-    return hypos
+            fields["search_score"] = float(sc[r])
+        return fields
+
+    return best_hypotheses(
+        best, tokens, lprobs, steps, gen.pad, gen.eos,
+        history=(lambda b, r, n: history.rows[r]) if history is not None else None,
+        extra=extra,
+        candidates=(lambda b: [
+            {"tokens": candidate_tokens(all_tok[c], gen.pad),
+             "score": float(sc[c]) if sc is not None else None,
+             "lp_y": float(all_lpy[c]), "log_prior": float(all_lpr[c])}
+            for c in range(b * m, (b + 1) * m)]) if gen.keep_candidates else None,
+    )
 
 
 class LatentRefinementGenerator:
