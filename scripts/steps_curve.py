@@ -73,17 +73,20 @@ def decode(a, ckpt, steps):
         m = re.match(r"^H-(\d+)\t[^\t]*\t(.*)$", line)
         if m:
             hyps[int(m.group(1))] = m.group(2)
-    return [hyps[i] for i in sorted(hyps)], " ".join(cmd)
+    return [hyps[i] for i in sorted(hyps)]
 
 
 def write_outputs(a, points, steps):
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # OUT is a prefix, not a file name: "curve_alpha0.5" -> curve_alpha0.5.json (a suffix
+    # replacement would drop its ".5")
+    file = lambda ext: Path(f"{out}{ext}")
     meta = {"command": "python scripts/steps_curve.py " + " ".join(sys.argv[1:]),
             "decoding": a.decoding, "gen_subset": a.gen_subset, "steps": steps,
             "bleu": "sacreBLEU cased 13a", "points": points}
     text = json.dumps(meta, indent=1).replace(str(REPO) + os.sep, "")
-    out.with_suffix(".json").write_text(text, encoding="utf-8")
+    file(".json").write_text(text, encoding="utf-8")
     lo, hi = min(steps), max(steps)
     bases = [lo] + ([1] if 1 in steps and lo < 1 < hi else [])
     name = lambda k: f"{k} step{'s' * (k != 1)}"
@@ -98,7 +101,7 @@ def write_outputs(a, points, steps):
     L = [f"# BLEU after fixed {a.decoding} steps, by training updates\n",
          f"{a.gen_subset} set, sacreBLEU cased 13a against `{os.path.relpath(a.ref, REPO)}`. Command:\n",
          "```\n" + meta["command"] + "\n```\n", *head, *rows, "", f"![BLEU vs updates]({out.name}.png)", ""]
-    out.with_suffix(".md").write_text("\n".join(L).replace(str(REPO) + os.sep, ""), encoding="utf-8")
+    file(".md").write_text("\n".join(L).replace(str(REPO) + os.sep, ""), encoding="utf-8")
 
     import matplotlib
 
@@ -115,7 +118,7 @@ def write_outputs(a, points, steps):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
+    fig.savefig(file(".png"), dpi=110)
     plt.close(fig)
 
 
@@ -136,7 +139,7 @@ def main(argv=None):
     for i, (updates, path) in enumerate(ckpts, 1):
         bleu, t0 = {}, time.time()
         for k in steps:
-            hyps, cmd = decode(a, path, k)
+            hyps = decode(a, path, k)
             if len(hyps) != len(refs):
                 sys.exit(f"{path}: {len(hyps)} hypotheses but {len(refs)} reference lines in {a.ref}")
             bleu[str(k)] = round(sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a").score, 2)

@@ -413,11 +413,11 @@ def test_steps_curve_script(toy_data, refine_ckpt, tmp_path):
 
     ckpt, _ = refine_ckpt
     ref = Path(toy_data).parent / "raw" / "test.tgt"
-    out = tmp_path / "curve"
+    out = tmp_path / "curve_alpha0.5"  # a prefix with a dot: OUT.json, not curve_alpha0.json
     script = Path(USER_DIR).parent / "scripts" / "steps_curve.py"
     run([sys.executable, str(script), "--data-bin", toy_data, "--ref", str(ref), "--gen-subset", "test",
          "--checkpoints", ckpt, "--steps", "3,0,1", "--remove-bpe", "none", "--out", str(out)])
-    meta = json.loads(out.with_suffix(".json").read_text())
+    meta = json.loads(Path(f"{out}.json").read_text())
     [point] = meta["points"]
     assert point["updates"] == 250 and meta["steps"] == [0, 1, 3]
     refs = ref.read_text().splitlines()
@@ -427,9 +427,9 @@ def test_steps_curve_script(toy_data, refine_ckpt, tmp_path):
         bleu = sacrebleu.corpus_bleu([hyps[i] for i in sorted(hyps)], [refs], tokenize="13a").score
         assert point["bleu"][str(k)] == round(bleu, 2), k
     b = point["bleu"]
-    row = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| 250 |")]
+    row = [line for line in Path(f"{out}.md").read_text().splitlines() if line.startswith("| 250 |")]
     assert row and row[0].endswith(f"| {b['3'] - b['0']:+.2f} | {b['3'] - b['1']:+.2f} |"), row
-    assert out.with_suffix(".png").stat().st_size > 5000
+    assert Path(f"{out}.png").stat().st_size > 5000
     # a missing checkpoint is named, not a traceback
     proc = subprocess.run([sys.executable, str(script), "--data-bin", toy_data, "--ref", str(ref),
                            "--checkpoints", str(tmp_path / "none.pt"), "--out", str(out)],
