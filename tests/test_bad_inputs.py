@@ -285,5 +285,25 @@ def test_torchrun_world_size_with_single_process_training(toy_data, tmp_path):
     proc = fairseq_train(toy_data, tmp_path, REFINE,
                          env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
     assert_user_error(proc, "WORLD_SIZE=2", "overwrite each other's checkpoints",
-                      "not supported by fairseq 0.12", "--distributed-world-size")
+                      "--cpu --distributed-world-size 2 --distributed-backend gloo")
+    assert no_checkpoint(tmp_path)
+
+
+def test_more_processes_than_gpus(toy_data, tmp_path):
+    """fairseq-train starts one process per GPU; on CPUs a launcher must start them."""
+    proc = fairseq_train(toy_data, tmp_path, REFINE + ["--cpu", "--distributed-world-size", "2",
+                                                       "--distributed-backend", "gloo"])
+    assert_user_error(proc, "--distributed-world-size 2", "found 0 GPU(s)",
+                      "torchrun --nproc_per_node 2 $(which fairseq-train)")
+    assert no_checkpoint(tmp_path)
+
+
+def test_nccl_backend_on_cpus(toy_data, tmp_path):
+    """One hand-started process of two with fairseq's default backend (nccl) and --cpu: refused
+    before it waits for the other process."""
+    proc = fairseq_train(toy_data, tmp_path, REFINE + [
+        "--cpu", "--distributed-world-size", "2", "--distributed-rank", "0", "--distributed-no-spawn",
+        "--distributed-init-method", "tcp://127.0.0.1:1"])
+    assert_user_error(proc, "--distributed-backend nccl (the default) needs GPUs",
+                      "--distributed-backend gloo")
     assert no_checkpoint(tmp_path)

@@ -430,8 +430,8 @@ def user_message(kind, text):
 
 def refuse_lone_launched_process():
     """A launcher (torchrun, torch.distributed.launch) started several processes, but fairseq
-    did not join them (distributed world size 1): each would train its own model into the
-    same --save-dir. Refuse with the command that works."""
+    did not join them (distributed world size 1, its default with --cpu or one GPU): each would
+    train its own model into the same --save-dir. Refuse with the command that works."""
     try:
         world = int(os.environ.get("WORLD_SIZE") or 1)
     except ValueError:
@@ -441,12 +441,12 @@ def refuse_lone_launched_process():
     raise NARConfigError(
         f"this process was launched as rank {os.environ.get('RANK', '?')} of WORLD_SIZE={world} "
         f"(torchrun / torch.distributed.launch), but fairseq trains in it alone (distributed "
-        f"world size 1: --cpu, --distributed-world-size 1, or fewer GPUs than processes), so "
-        f"{world} processes would train {world} separate models and overwrite each other's "
-        f"checkpoints. Training with several CPU processes is not supported by fairseq 0.12: "
-        f"run one process. On one node with N GPUs run fairseq-train itself, without a launcher "
-        f"(it starts one process per visible GPU; --distributed-world-size N); on several nodes "
-        f"run torchrun --nnodes M --nproc_per_node G ... $(which fairseq-train) ... "
-        f"--distributed-world-size M*G, without --cpu (fairseq then joins the processes through "
-        f"torchrun's WORLD_SIZE, RANK, MASTER_ADDR)"
+        f"world size 1, its default with --cpu or with one GPU), so {world} processes would "
+        f"train {world} separate models and overwrite each other's checkpoints. Pass "
+        f"--distributed-world-size {world} and fairseq joins them: on CPUs torchrun "
+        f"--nproc_per_node {world} $(which fairseq-train) ... --cpu --distributed-world-size "
+        f"{world} --distributed-backend gloo; on several GPU nodes torchrun --nnodes M "
+        f"--nproc_per_node G ... $(which fairseq-train) ... --distributed-world-size M*G. On one "
+        f"node with N GPUs, fairseq-train needs no launcher: it starts one process per GPU "
+        f"(--distributed-world-size N)"
     )
