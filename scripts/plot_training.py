@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Validation curves of every model of a pipeline run, from the fairseq-train logs.
 
-    python scripts/plot_training.py [--work examples/multi30k/work] [--out examples/multi30k/results]
+    python scripts/plot_training.py [--work examples/multi30k/work] [--out DIR]
+
+OUT is --out, by default WORK/benchmark beside the benchmark's results; the committed curves
+change only when asked for, with --out examples/multi30k/results.
 
 Reads WORK/logs/NAME.log (fairseq's "valid on 'valid' subset" lines, one per validation) for
 NAME in teacher, cmlm, refine_nat, lanmt, score_net, energy_net and writes
@@ -151,9 +154,11 @@ def plot(path, curves):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(REPO / "examples" / "multi30k" / "work"), help="pipeline work dir")
-    p.add_argument("--out", default=str(REPO / "examples" / "multi30k" / "results"), help="output dir")
+    p.add_argument("--out", help="output dir (default WORK/benchmark; the committed curves: "
+                                 "--out examples/multi30k/results)")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated log names (WORK/logs/NAME.log)")
     a = p.parse_args(argv)
+    a.out = a.out or str(Path(a.work) / "benchmark")
     logs = Path(a.work) / "logs"
     curves = {}
     for name in [m for m in a.models.split(",") if m]:

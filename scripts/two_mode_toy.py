@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Two-mode toy: does refinement / latent inference pick ONE output mode? (issue 8)
+"""Two-mode toy: does refinement / latent inference pick ONE output mode?
 
 Each toy target is, by a fair coin, written all in one of two styles ('w3 w5' -> 'W3 W5' or
 'V3 V5'), so y is not a function of x. A non-autoregressive decoder that predicts each token
@@ -14,9 +14,12 @@ through the real fairseq CLIs, how often each decoder settles on one mode:
    prior, delta (plain chain, 1/2/4 steps) and score (1 step);
 4. writes OUT/results.json and OUT/results.md: per decoder the share of outputs in one style
    (all W or all V), mixed, and exactly right in either style, plus the LaNMT's final valid
-   z_usage (nats/token: NLL at the prior mean - NLL at the posterior mean).
+   z_usage (nats/token: NLL at the prior mean - NLL at the posterior mean). OUT is --out, by
+   default the --work folder: the committed results change only with --out examples/toy_two_mode.
+   Paths in them are relative to the repository.
 
     python scripts/two_mode_toy.py --work runs/two_mode_toy --threads 1
+    python scripts/two_mode_toy.py --work runs/two_mode_toy --threads 1 --out examples/toy_two_mode
 
 Run from the repository root with the environment that has fairseq and nar_refine installed.
 """
@@ -138,6 +141,15 @@ def cli(name):
     return str(path) if path.exists() else name
 
 
+def portable(word):
+    """A command word as results.json records it: a console script by its name, an absolute path
+    relative to the repository (no machine's paths in the results)."""
+    word = str(word)
+    if word.startswith(str(BIN) + os.sep):
+        return word[len(str(BIN)) + 1:]
+    return os.path.relpath(word, REPO) if os.path.isabs(word) else word
+
+
 class Runner:
     """Runs fairseq CLIs with a thread limit, logs each to WORK/logs/NAME.log, records commands."""
 
@@ -150,7 +162,7 @@ class Runner:
 
     def __call__(self, name, cmd):
         cmd = [str(c) for c in cmd]
-        self.commands[name] = shlex.join(cmd)
+        self.commands[name] = shlex.join(portable(c) for c in cmd)
         start = time.time()
         logger.info("%s: %s", name, shlex.join(cmd[:1] + cmd[1:6]) + " ...")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env)
@@ -351,8 +363,8 @@ def main(argv=None):
     p.add_argument("--work", default=str(REPO / "runs" / "two_mode_toy"),
                    help="folder for the corpus, data-bin, checkpoints and CLI logs; its bin/ and "
                    "checkpoints/ are deleted first (default: %(default)s)")
-    p.add_argument("--out", default=str(REPO / "examples" / "toy_two_mode"),
-                   help="folder for results.md and results.json (default: %(default)s)")
+    p.add_argument("--out", help="folder for results.md and results.json (default: the --work "
+                   "folder; the committed results: --out examples/toy_two_mode)")
     p.add_argument("--threads", type=int, default=1,
                    help="OMP/MKL threads of every fairseq process (default: %(default)s)")
     p.add_argument("--updates", type=int, default=600,
@@ -364,12 +376,14 @@ def main(argv=None):
     p.add_argument("--delta-steps", default="1,2,4",
                    help="comma-separated maximum step counts of the delta chain (default: %(default)s)")
     args = p.parse_args(argv)
+    args.out = args.out or args.work
     args.delta_steps = [int(k) for k in args.delta_steps.split(",") if k.strip()]
     logging.basicConfig(level=logging.INFO, format="[two_mode_toy %(asctime)s] %(message)s",
                         datefmt="%H:%M:%S")
     start = time.time()
     results = run_all(args)
-    results["command"] = shlex.join(["python", "scripts/two_mode_toy.py", *(argv or sys.argv[1:])])
+    results["command"] = shlex.join(["python", "scripts/two_mode_toy.py",
+                                     *(portable(w) for w in (argv or sys.argv[1:]))])
     results["date"] = datetime.date.today().isoformat()
     results["wall_minutes"] = (time.time() - start) / 60
     results["threads"] = args.threads

@@ -8,6 +8,7 @@ three plots. The models are untrained (scores near 0): this checks the plumbing,
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +25,16 @@ OPTIM = ["--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt"
          "--warmup-updates", "10", "--max-tokens", "2000", "--no-epoch-checkpoints"]
 NAR = ["--task", "nar_translation", "--share-all-embeddings"]
 UPDATES = 30
+
+
+def absolute_paths(data):
+    """Every word of every string in a JSON document that is an absolute path."""
+    if isinstance(data, dict):
+        return [p for v in data.values() for p in absolute_paths(v)]
+    if isinstance(data, list):
+        return [p for v in data for p in absolute_paths(v)]
+    words = re.split(r"[\s,=`'\"]+", data) if isinstance(data, str) else []
+    return [w for w in words if w.startswith(os.sep) and w != os.sep]  # "14.8 / 6.8 ms" is no path
 
 
 def toy_args(toy_data, work):
@@ -85,7 +96,7 @@ def test_every_system_is_measured(work, toy_data):
     assert rows["ar.beam5"]["speedup_vs_ar_beam5"] == 1.0
     # fixed refinement runs exactly its steps; CMLM reports iterations (decoder passes)
     assert rows["refine_nat.fixed4"]["mean_steps"] == 4 and rows["refine_nat.fixed0"]["mean_steps"] == 0
-    # the issues' targets are checked on the rows (each line ends MET or NOT MET)
+    # the results' targets are checked on the rows (each line ends MET or NOT MET)
     assert any(t.startswith("teacher (AR beam 5) >= 35 BLEU") for t in res["targets"])
     assert any("refine_nat.fixed0 >= +1.5 BLEU" in t for t in res["targets"])
     assert any(t.startswith("LaNMT delta inference (lanmt.delta") for t in res["targets"])
@@ -99,7 +110,7 @@ def test_every_system_is_measured(work, toy_data):
     # delta rows run the paper's plain chain (the default); the ascent check has rows of its own
     assert "--delta-ascent-check" in rows["lanmt.delta2.ascent"]["fairseq_generate"]
     assert "--delta-ascent-check" not in rows["lanmt.delta2"]["fairseq_generate"]
-    # refine_nat's length beam, ranked by itself and reranked by the AR teacher (issue 11.3)
+    # refine_nat's length beam, ranked by itself and reranked by the AR teacher
     for key in ("refine_nat.beam3", "refine_nat.beam3.teacher"):
         assert "--iter-decode-with-beam 3" in rows[key]["fairseq_generate"]
     assert "--teacher-path" not in rows["refine_nat.beam3"]["fairseq_generate"]
@@ -110,6 +121,12 @@ def test_every_system_is_measured(work, toy_data):
         assert (out / png).stat().st_size > 5000, png
     md = (out / "results.md").read_text()
     assert "scripts/benchmark.py" in md and "torch.set_num_threads(1)" in md
+    # paths relative to the repository: no machine's absolute paths, commands run from its root
+    assert res["command"].startswith("python scripts/benchmark.py --work ")
+    assert absolute_paths(res) == [] and res["checkpoints"]["lanmt"]["path"] == os.path.relpath(
+        work / "checkpoints" / "lanmt" / "checkpoint_best.pt", REPO)
+    assert res["settings"]["out"] == os.path.relpath(out, REPO)
+    assert f" --path {os.path.relpath(work, REPO)}/checkpoints/lanmt/" in rows["lanmt.prior"]["fairseq_generate"]
     assert md.count("| energy inference (1 step) | ") == 1
     assert "missing checkpoint" not in md
     assert "score inference + latent search m=3" in proc.stdout  # fairseq-style progress lines
@@ -135,9 +152,37 @@ def test_missing_checkpoints_are_rows(toy_data, tmp_path):
                                                   "lanmt.search20", "energy.steps1"]
     for r in res["systems"]:
         assert r["status"].startswith("missing checkpoint: "), r
-    assert str(work / "checkpoints" / "energy_net" / "checkpoint_best.pt") in res["systems"][-1]["status"]
+    assert res["systems"][-1]["status"] == "missing checkpoint: " + os.path.relpath(
+        work / "checkpoints" / "energy_net" / "checkpoint_best.pt", REPO)
     # the final table must have them all: --require-all turns a missing checkpoint into a failure
     assert run(args + ["--require-all"], check=False).returncode == 1
+
+
+def test_default_output_is_the_work_dir(toy_data, tmp_path):
+    """Without --out the benchmark writes WORK/benchmark (WORK/benchmark-gpu with --cuda), never
+    the committed examples/multi30k/results/."""
+    work = tmp_path / "w"
+    args = toy_args(toy_data, work)
+    del args[args.index("--out"):args.index("--out") + 2]
+    committed = REPO / "examples" / "multi30k" / "results" / "results.json"
+    before = committed.read_bytes()
+    try:
+        run(args + ["--systems", "energy.*"])
+        assert committed.read_bytes() == before
+    finally:  # the old default wrote there: put the committed table back
+        if committed.read_bytes() != before:
+            committed.write_bytes(before)
+    res = json.loads((work / "benchmark" / "results.json").read_text())
+    assert [r["key"] for r in res["systems"]] == ["energy.steps1"]
+    assert res["settings"]["out"] == os.path.relpath(work / "benchmark", REPO)
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from bench.options import get_parser, resolve_paths
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    a = get_parser().parse_args(["--work", str(work), "--cuda"])
+    resolve_paths(a)
+    assert a.out == str(work / "benchmark-gpu")
 
 
 def test_extra_source_files_are_translated_in_order(work, toy_data, tmp_path):

@@ -161,3 +161,33 @@ def test_gpu_profile_plumbing_on_cpu(raw_multi30k, tmp_path):
         assert "--fp16" not in done and "num_updates" in done, (name, done)
     summary = (work / "results" / "summary.tsv").read_text().splitlines()
     assert {line.split("\t")[0] for line in summary} == {"teacher", "cmlm", "lanmt"}
+
+
+def test_benchmark_sh_writes_its_own_folder(raw_multi30k, tmp_path):
+    """benchmark.sh writes WORK/benchmark, with --gpu WORK/benchmark-gpu, never the committed
+    results/ (here every checkpoint is missing: the rows say so, nothing is decoded)."""
+    work = tmp_path / "w"
+    prepare(raw_multi30k, work, "sentencepiece")
+    env = {"DATA": str(raw_multi30k), "PATH": f"{BIN}:/usr/bin:/bin", "BLIND": "none"}
+    committed = EXAMPLE / "results" / "results.json"
+    before = committed.read_bytes()
+    try:
+        for flags, folder in (([], "benchmark"), (["--gpu"], "benchmark-gpu")):
+            run(["bash", EXAMPLE / "benchmark.sh", "--smoke", *flags, work, "--", "--systems", "ar.*"], env=env)
+            res = json.loads((work / folder / "results.json").read_text())
+            assert [r["status"].split(":")[0] for r in res["systems"]] == ["missing checkpoint"] * 2
+            assert committed.read_bytes() == before
+    finally:  # the old default wrote there: put the committed table back
+        if committed.read_bytes() != before:
+            committed.write_bytes(before)
+
+
+def test_run_results_writes_its_own_log(tmp_path):
+    """The documented `run_results.sh &` on a fresh clone: no WORK/logs/ yet, no redirection; the
+    script makes the folder and logs there (here its first step fails: no data)."""
+    work = tmp_path / "fresh"
+    env = {"WORK": str(work), "DATA": str(tmp_path / "no_data"), "PATH": f"{BIN}:/usr/bin:/bin"}
+    proc = run(["bash", EXAMPLE / "run_results.sh"], env=env, check=False)
+    assert proc.returncode != 0 and f"log in {work}/logs/results.log" in proc.stdout
+    assert "Multi30k not found" in (work / "logs" / "results.log").read_text()
+    assert "run_results.sh &" in (REPO / "README.md").read_text()

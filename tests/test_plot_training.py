@@ -47,6 +47,24 @@ def test_curves_from_logs(tmp_path):
     assert (out / "training_curves.png").stat().st_size > 10000
 
 
+def test_output_goes_to_the_work_dir_by_default(tmp_path):
+    """Without --out the curves go beside the benchmark's results in WORK/benchmark, never over
+    the committed examples/multi30k/results/."""
+    logs = tmp_path / "work" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "teacher.log").write_text(valid_line(136, loss=6.0, nll_loss=3.0))
+    committed = REPO / "examples" / "multi30k" / "results" / "training_curves.json"
+    before = committed.read_bytes()
+    try:
+        run([sys.executable, SCRIPT, "--work", str(tmp_path / "work")])
+        assert committed.read_bytes() == before
+    finally:  # the old default wrote there: put the committed file back
+        if committed.read_bytes() != before:
+            committed.write_bytes(before)
+    assert list(json.loads((tmp_path / "work" / "benchmark" / "training_curves.json").read_text())[
+        "curves"]) == ["teacher"]
+
+
 def test_no_logs_is_an_error(tmp_path):
     (tmp_path / "logs").mkdir()
     proc = run([sys.executable, SCRIPT, "--work", str(tmp_path), "--out", str(tmp_path / "o")], check=False)

@@ -4,6 +4,8 @@ the end-to-end test checks the plumbing and the bookkeeping, not the numbers."""
 
 import importlib.util
 import json
+import os
+import shlex
 import sys
 
 import pytest
@@ -72,11 +74,17 @@ def test_parse_and_step_shares():
 def test_script_end_to_end(tmp_path):
     """The script through the real CLIs on 20 updates and 20 test sentences: every table row is
     filled from every sentence, the last refinement step is the forced run's output, z_usage is
-    read from the LaNMT's validation log."""
-    out = tmp_path / "out"
-    run([sys.executable, SCRIPT, "--work", tmp_path / "work", "--out", out, "--updates", "20",
+    read from the LaNMT's validation log. Without --out the results go to --work, never over the
+    committed examples/toy_two_mode/, and they hold no absolute paths."""
+    committed = {p: p.read_bytes() for p in (REPO / "examples" / "toy_two_mode").glob("results.*")}
+    out = tmp_path / "work"
+    run([sys.executable, SCRIPT, "--work", out, "--updates", "20",
          "--test-sentences", "20", "--delta-steps", "1"], timeout=600)
+    assert {p: p.read_bytes() for p in committed} == committed
     res = json.loads((out / "results.json").read_text())
+    words = [w for c in [res["command"], *res["commands"].values()] for w in shlex.split(c)]
+    assert not [w for w in words if os.path.isabs(w)], res["commands"]
+    assert res["commands"]["preprocess"].startswith("fairseq-preprocess ")
     steps = res["refine_nat"]["steps"]
     assert [s["step"] for s in steps] == list(range(11))
     rows = [*steps, res["refine_nat"]["adaptive"], *res["lanmt"].values()]

@@ -2,24 +2,26 @@
 # Step 6: the speed/quality benchmark -- every system on test2016 in one process on this machine
 # (scripts/benchmark.py): AR beam 1/5, CMLM 1/4/10 iterations, refine_nat (adaptive, fixed steps),
 # LaNMT prior/delta/latent search, score (+ latent search) and energy inference.
-# Usage: benchmark.sh [--smoke] [WORKDIR] [-- extra benchmark.py args]
+# Usage: benchmark.sh [--smoke] [--gpu] [WORKDIR] [-- extra benchmark.py args]
 #   reads   WORK/checkpoints/{teacher,cmlm,refine_nat,lanmt,score_net,energy_net}/checkpoint_best.pt
 #           (a missing one gives a "missing checkpoint" row), WORK/data-bin, WORK/raw/test.de
-#   writes  examples/multi30k/results/{results.md,results.json,*.png,hyps/} (smoke: WORK/benchmark/)
+#   writes  OUT/{results.md,results.json,*.png,hyps/}, OUT = WORK/benchmark (--gpu:
+#           WORK/benchmark-gpu); the committed table only when asked: OUT=examples/multi30k/results
 #           log in WORK/logs/benchmark.log
 #           then the blind test sets (sources only, BLIND=../shared/data/multi30k-blind) translated
-#           by every system: results/blind/SET/SYSTEM.de + blind/translations.{md,json}
+#           by every system: OUT/blind/SET/SYSTEM.de + OUT/blind/translations.{md,json}
 #           (benchmark.py --translate-only; nothing scored, nothing tuned; BLIND=none skips it)
 # Env: THREADS (torch threads, default 1), BLIND_THREADS (for the blind sets, default 2), OUT.
 # Extra args e.g. -- --latency-sentences 100 --require-all --systems 'ar.*,score.*'
 # Only the blind sets of some systems (e.g. a retrained model), keeping the others' entries:
 #   python scripts/benchmark.py --translate-only --translate-dir ../shared/data/multi30k-blind \
-#     --systems 'refine_nat.*' --threads 2
+#     --systems 'refine_nat.*' --threads 2 --out examples/multi30k/results
 source "$(dirname "$0")/common.sh"
-ARGS=(--work "$WORK" --threads "$THREADS")
+# a GPU run has its own folder, so it never mixes with (or overwrites) a CPU table
+if [ "$GPU" = 1 ]; then OUT=${OUT:-$WORK/benchmark-gpu}; else OUT=${OUT:-$WORK/benchmark}; fi
+ARGS=(--work "$WORK" --threads "$THREADS" --out "$OUT")
 [ "$SMOKE" = 1 ] && ARGS+=(--smoke)
 [ "$CUDA" = 1 ] && ARGS+=(--cuda)
-[ -n "${OUT:-}" ] && ARGS+=(--out "$OUT")
 log "python scripts/benchmark.py ${ARGS[*]} ${EXTRA_ARGS[*]}"
 python "$REPO_DIR/scripts/benchmark.py" "${ARGS[@]}" "${EXTRA_ARGS[@]}" 2>&1 | tee "$WORK/logs/benchmark.log"
 rc=${PIPESTATUS[0]}

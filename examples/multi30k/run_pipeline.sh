@@ -2,7 +2,8 @@
 # Driver: runs every step in order (each is resumable, so re-running continues where it stopped).
 # Usage: run_pipeline.sh [--smoke] [--gpu] [--bpe ...] [WORKDIR]
 #   nohup examples/multi30k/run_pipeline.sh > examples/multi30k/work-pipeline.log 2>&1 &
-# --gpu: the one-GPU profile (common.sh: --fp16, batches of 16384 tokens, benchmark --cuda) with
+# --gpu: the one-GPU profile (common.sh: --fp16, batches of 16384 tokens, benchmark --cuda into
+#   WORK/benchmark-gpu, beside the CPU table of WORK/benchmark) with
 #   wall-time budgets sized for the whole pipeline to finish in about 10 minutes on one H200-class
 #   GPU: teacher <= 2.4 min (or patience), CMLM / refine_nat / LaNMT 1.2 min each, score / energy
 #   networks 0.6 min each (GPU_BUDGETS_MIN overrides: "teacher=2.4 cmlm=1.2 ..."). The NAT models
