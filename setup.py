@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="nar_refine",
-    version="0.1.0",
+    version="0.2.0",  # also nar_refine.__version__ and CHANGELOG.md
     description=(
         "fairseq plugin: non-autoregressive NMT with latent variables and iterative "
         "refinement (discrete refinement, LaNMT delta inference, score/energy inference)"

@@ -6,7 +6,7 @@ from nar_refine import input_checks
 from nar_refine.errors import NARConfigError, install_excepthook
 from nar_refine import criterions, models, tasks  # noqa: F401  (registers with fairseq)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["NARConfigError"]
 
 install_excepthook()

@@ -17,7 +17,7 @@ logged beside it, as is ||delta||^2 (the constant the two losses differ by) and,
 Validation starts every sentence at the prior mean (u = 0, as the reference validates): the
 valid ``cosine`` is cos(S, delta) where inference starts, and checkpoints are selected there.
 
-Old recipe (before issue 8): ``--noise-scale-draw fixed --delta-steps 1``.
+The recipe of nar_refine 0.1: ``--noise-scale-draw fixed --delta-steps 1``.
 For ``energy_net`` S = -dE/dz, built with ``create_graph`` so the loss reaches E's weights.
 """
 
@@ -45,12 +45,12 @@ class ScoreMatchingConfig(FairseqDataclass):
         default="uniform",
         metadata={"help": "u of the start points: uniform = u ~ U(0, 1) drawn once per batch (the "
                   "reference; starts at and near the prior mean); fixed = u = 1 (every start "
-                  "about sqrt(d) * s * sigma from the mean; the recipe before issue 8)"},
+                  "about sqrt(d) * s * sigma from the mean; nar_refine 0.1's recipe)"},
     )
     delta_steps: int = field(
         default=4,
         metadata={"help": "k: steps of delta inference from z that define the target delta = z_k - z "
-                  "(4 in the reference runs; 1 before issue 8)"},
+                  "(4 in the reference runs; 1 in nar_refine 0.1)"},
     )
 
 
