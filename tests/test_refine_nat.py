@@ -435,3 +435,120 @@ def test_steps_curve_script(toy_data, refine_ckpt, tmp_path):
                            "--checkpoints", str(tmp_path / "none.pt"), "--out", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "no such checkpoint" in proc.stderr
+
+
+# -- the refinement decoder's options, old checkpoints, split-invariant loss -------------------
+def _build(data, extra):
+    """(task, model, criterion) as fairseq-train builds them, without training."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [data, "--user-dir", USER_DIR, *REFINE_ARGS, *extra])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("valid")
+    return task, task.build_model(cfg.model), task.build_criterion(cfg.criterion)
+
+
+def test_refinement_decoder_has_its_own_matrix_and_post_norm(toy_data):
+    """Default: decoder 2 embeds its input and projects its output with its own matrix (not the
+    shared encoder/decoder-1 one), post-norm layers and no final LayerNorm; --decoder-norm pre
+    --refine-embedding shared builds the nar_refine < 0.3 decoder."""
+    _, model, _ = _build(toy_data, [])
+    dec = model.decoder
+    assert dec.refine_projection is not None
+    assert dec.refine_projection.weight.data_ptr() != dec.output_projection.weight.data_ptr()
+    assert dec.refine.layer_norm is None and not dec.refine.layers[0].normalize_before
+    assert dec.initial.layer_norm is None
+    _, old, _ = _build(toy_data, ["--decoder-norm", "pre", "--refine-embedding", "shared"])
+    assert old.decoder.refine_projection is None and old.decoder.refine.layers[0].normalize_before
+    assert old.decoder.refine.layer_norm is not None
+
+    # decoder 2 reads tokens through its own matrix: changing it moves its output only
+    model.eval()
+    src = torch.tensor([[5, 6, 7, 2]])
+    enc = model.encode(src, torch.tensor([4]))
+    logits0, h = model.initial_step(enc, torch.tensor([3]))
+    before = model.refine_step(enc, logits0.argmax(-1), h)[0]
+    with torch.no_grad():
+        dec.refine_projection.weight.add_(torch.randn_like(dec.refine_projection.weight))
+    assert torch.equal(model.initial_step(enc, torch.tensor([3]))[0], logits0)
+    assert not torch.allclose(model.refine_step(enc, logits0.argmax(-1), h)[0], before)
+
+
+def test_checkpoint_of_older_version_loads_as_it_was_built(toy_data, tmp_path):
+    """A refine_nat checkpoint whose arguments predate --decoder-norm/--refine-embedding is
+    built pre-norm with the shared matrix (as it was trained) and decodes the same."""
+    train(toy_data, str(tmp_path), REFINE_ARGS + ["--disable-validation", "--decoder-norm", "pre",
+                                                  "--refine-embedding", "shared"], max_update=3)
+    state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    for key in ("decoder_norm", "refine_embedding"):
+        delattr(state["cfg"]["model"], key)
+    torch.save(state, tmp_path / "old.pt")
+    new = parse_hypotheses(generate(toy_data, str(tmp_path / "checkpoint_last.pt"), NAR).stdout)
+    old = parse_hypotheses(generate(toy_data, str(tmp_path / "old.pt"), NAR).stdout)
+    assert old == new and len(old) == 60
+
+
+def _loss(task, model, criterion, sample):
+    model.eval()
+    with torch.no_grad():
+        loss, sample_size, _ = criterion(model, sample)
+    return float(loss), float(sample_size)
+
+
+def _batches(task, sizes):
+    """Two collated batches of the valid split with different lengths, and their union."""
+    ds = task.dataset("valid")
+    order = sorted(range(len(ds)), key=lambda i: ds.tgt_sizes[i])
+    a, b = order[:sizes[0]], order[-sizes[1]:]
+    return ds.collater([ds[i] for i in a]), ds.collater([ds[i] for i in b]), ds.collater([ds[i] for i in a + b])
+
+
+@pytest.mark.parametrize("family", ["refine_nat", "lanmt"])
+def test_objective_does_not_depend_on_how_a_batch_is_split(toy_data, family):
+    """fairseq sums the losses and sample sizes of its workers (and of --update-freq steps):
+    (loss_A + loss_B) / (ss_A + ss_B) must equal loss_U / ss_U for U = A + B, with A and B of
+    different lengths (the old length term, scaled by each batch's tokens per sentence, broke
+    this)."""
+    extra = [] if family == "refine_nat" else ["--arch", "lanmt_tiny", "--criterion", "lanmt_elbo"]
+    task, model, criterion = _build(toy_data, extra)
+    A, B, U = _batches(task, (7, 5))
+    (la, sa), (lb, sb), (lu, su) = (_loss(task, model, criterion, s) for s in (A, B, U))
+    assert sa != sb
+    assert (la + lb) / (sa + sb) == pytest.approx(lu / su, rel=1e-5)
+
+
+def test_remove_repeats_option(toy_data, refine_ckpt):
+    """--remove-repeats drops tokens equal to the one before them; off, the output is raw."""
+    from nar_refine.inference.hypotheses import remove_repeats
+
+    h = {"tokens": torch.tensor([5, 5, 6, 5, 5, 5, 2]), "positional_scores": torch.tensor([-1., -2, -3, -4, -5, -6, 0]),
+         "score": 0.0}
+    remove_repeats(h)
+    assert h["tokens"].tolist() == [5, 6, 5, 2] and h["positional_scores"].tolist() == [-1, -3, -4, 0]
+    assert h["score"] == pytest.approx(-8 / 3)
+    raw = parse_hypotheses(generate(toy_data, refine_ckpt[0], NAR + ["--iter-decode-max-iter", "0"]).stdout)
+    dedup = parse_hypotheses(generate(toy_data, refine_ckpt[0], NAR + ["--iter-decode-max-iter", "0",
+                                                                     "--remove-repeats"]).stdout)
+    collapse = lambda s: " ".join(w for i, w in enumerate(s.split()) if i == 0 or w != s.split()[i - 1])
+    assert dedup == {k: collapse(v) for k, v in raw.items()}
+    assert any(dedup[k] != raw[k] for k in raw)  # the toy output has repeats to remove
+
+
+def test_refine_diagnostic(toy_data, refine_ckpt, tmp_path):
+    """scripts/refine_diagnostic.py on the toy model: per-step table, injected errors."""
+    out = tmp_path / "diag"
+    run([sys.executable, str(Path(USER_DIR).parent / "scripts" / "refine_diagnostic.py"), "--path",
+         refine_ckpt[0], "--data-bin", toy_data, "--gen-subset", "test", "--steps", "3",
+         "--remove-bpe", "none", "--inject-data", toy_data, "--out", str(out)])
+    res = json.loads(out.with_suffix(".json").read_text())
+    steps = res["steps"]
+    assert [r["step"] for r in steps] == [0, 1, 2, 3] and res["sentences"] == 60
+    assert all(0 <= r["repeat_rate"] <= 1 and r["bleu"] > 50 for r in steps)
+    assert all("changed" in r for r in steps[1:])
+    inj = res["injected"]
+    assert all(inj[op]["errors"] > 50 for op in ("repeat", "replace", "swap"))
+    assert inj["replace"]["fixed_rate"] > 0.5
+    assert (tmp_path / "diag.png").exists() and "Injected errors" in (tmp_path / "diag.md").read_text()

@@ -3,7 +3,12 @@
     J = sum_{l=0}^{K-1} [ alpha * J_LVM^l + (1 - alpha) * J_DAE^l ] + lambda_len * J_len
 
 Each J^l is a mean over target tokens and J_len a mean over sentences, as in the reference
-code (lambda_len = 1 there). The mix is sampled per sentence and pass (with probability alpha
+code (lambda_len = 1 there). fairseq divides the summed loss of all workers (and of all
+``--update-freq`` steps) by their summed ``sample_size`` (target tokens), so a term may only be
+a sum over the batch times a constant, or the objective would change with how a batch is
+split: the length loss enters as lambda_len * L * sum_s CE_s, where L is a constant, the mean
+target length of the training data (of the evaluated split when no training split is loaded),
+so that it weighs about lambda_len per sentence against per-token means. The mix is sampled per sentence and pass (with probability alpha
 a pass reads the model's own previous output, else a corrupted reference). Corruption rate
 decays linearly from ``--corruption-rate-start`` (pass 1) to ``--corruption-rate-end`` (last
 pass).
@@ -47,6 +52,13 @@ class RefineNATLossConfig(FairseqDataclass):
     corruption_rate_start: float = field(
         default=0.6, metadata={"help": "corruption probability per token at the first refinement pass"}
     )
+    corruption_count: ChoiceEnum(["exact", "independent"]) = field(
+        default="exact",
+        metadata={"help": "exact: corrupt exactly max(floor(rate*T), 1) positions of a T-token "
+                  "reference, the operations applied one after another in random order (as the "
+                  "reference code: no denoising input is clean, repeats form runs); independent: "
+                  "each position with probability rate, from one snapshot (nar_refine < 0.3)"},
+    )
     corruption_rate_end: float = field(
         default=0.1, metadata={"help": "corruption probability per token at the last refinement pass"}
     )
@@ -66,7 +78,8 @@ class RefineNATLossConfig(FairseqDataclass):
 @register_criterion("refine_nat_loss", dataclass=RefineNATLossConfig)
 class RefineNATLoss(FairseqCriterion):
     def __init__(self, task, refine_passes, lvm_alpha, corruption, corruption_rate_start,
-                 corruption_rate_end, latent_approximation, length_loss_factor, label_smoothing):
+                 corruption_rate_end, latent_approximation, length_loss_factor, label_smoothing,
+                 corruption_count="exact"):
         super().__init__(task)
         if refine_passes < 2:
             # one pass trains only the first decoder: the refinement decoder gets no gradient and
@@ -80,6 +93,8 @@ class RefineNATLoss(FairseqCriterion):
         self.passes = refine_passes
         self.alpha = lvm_alpha
         self.ops = parse_corruptions(corruption)
+        self.count = corruption_count
+        self._tokens_per_sentence = None
         self.rate_start, self.rate_end = corruption_rate_start, corruption_rate_end
         self.stochastic = latent_approximation == "stochastic"
         self.length_factor = length_loss_factor
@@ -96,7 +111,19 @@ class RefineNATLoss(FairseqCriterion):
 
     def _corrupt(self, tokens, padding_mask, k):
         return corrupt(tokens, padding_mask, self.corruption_rate(k), self.ops,
-                       self.vocab_low, self.vocab_high)
+                       self.vocab_low, self.vocab_high, count=self.count)
+
+    def tokens_per_sentence(self):
+        """L: the mean target length (tokens without </s>) of the training split, else of the
+        first loaded split; a constant, so the length term stays a sum over sentences."""
+        if self._tokens_per_sentence is None:
+            datasets = getattr(self.task, "datasets", {}) or {}
+            split = "train" if "train" in datasets else next(iter(sorted(datasets)), None)
+            sizes = getattr(datasets.get(split), "tgt_sizes", None) if split else None
+            if sizes is None or len(sizes) == 0:
+                return 1.0  # no data known (a bare criterion in a test): one token per sentence
+            self._tokens_per_sentence = max(float(sizes.mean()) - 1.0, 1.0)
+        return self._tokens_per_sentence
 
     def plan(self, training=True):
         """The training mix; in validation the decoder's own chain (alpha 1, no DAE, argmax)."""
@@ -115,9 +142,9 @@ class RefineNATLoss(FairseqCriterion):
         ntokens = outputs["pass_0"]["mask"].sum()  # a tensor: no host sync
         nsentences = sample["target"].size(0)
 
-        # token terms are summed over tokens and fairseq divides by sample_size = ntokens;
-        # scale the summed length loss so that it enters as a mean over sentences
-        loss = self.length_factor * length_loss * (ntokens.float() / max(nsentences, 1))
+        # token terms are summed over tokens and fairseq divides by sample_size = ntokens; the
+        # summed length loss is scaled by a constant (split-invariant), about a sentence mean
+        loss = self.length_factor * self.tokens_per_sentence() * length_loss
         log = {}
         for name, out in outputs.items():
             term, nll = masked_token_loss(out["out"], out["tgt"], out["mask"], self.eps)

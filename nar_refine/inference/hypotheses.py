@@ -58,3 +58,26 @@ def best_hypotheses(best, tokens, lprobs, steps, pad, eos, history=None, extra=N
 def candidate_tokens(tokens, pad):
     """One host row of a candidate matrix without its padding."""
     return tokens[tokens.ne(pad)]
+
+
+def remove_repeats(hypo):
+    """Drop every token equal to the one before it (``--remove-repeats``), in place: the
+    post-processing of the papers' evaluations (dl4mt-nonauto's ``--remove_repeats``; lanmt and
+    lanmt-ebm always do it), applied to subword tokens before detokenisation. The positional
+    scores of the kept tokens stay, and ``score`` becomes their mean; the refinement history
+    (E- lines) is left as decoded."""
+    toks = hypo["tokens"]
+    if toks.numel() < 2:
+        return hypo
+    keep = torch.ones_like(toks, dtype=torch.bool)
+    keep[1:] = toks[1:].ne(toks[:-1])
+    if bool(keep.all()):
+        return hypo
+    hypo["tokens"] = toks[keep]
+    pos = hypo.get("positional_scores")
+    if pos is not None and pos.numel() == toks.numel():
+        pos = pos[keep]
+        hypo["positional_scores"] = pos
+        n = max(int(hypo["tokens"].numel()) - 1, 1)  # tokens without the final </s>
+        hypo["score"] = float(pos.sum()) / n
+    return hypo

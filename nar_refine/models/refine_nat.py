@@ -30,6 +30,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from fairseq.models import (
     FairseqDecoder,
     FairseqEncoderDecoderModel,
@@ -131,6 +132,25 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         parser.add_argument("--no-positional-attention", action="store_true",
                             help="no positional attention (queries and keys: positional "
                             "encodings; values: hidden states) in the decoder layers")
+        parser.add_argument("--decoder-norm", choices=["pre", "post"],
+                            help="LayerNorm placement in decoder 1 and the refinement decoder: "
+                            "post (x <- LN(x + sublayer(x)), as the reference code; default) or "
+                            "pre (LN before each sublayer plus a final LN; nar_refine < 0.3). In a "
+                            "pre-norm refinement decoder the previous tokens' embeddings reach "
+                            "the output almost untouched, which makes copying them easy")
+        parser.add_argument("--refine-embedding", choices=["own", "shared"],
+                            help="the refinement decoder's token matrix: own (one matrix, not "
+                            "shared with the encoder or decoder 1, embeds its input tokens and "
+                            "projects its output, as the reference code; default) or shared (the "
+                            "model's one embedding matrix; nar_refine < 0.3)")
+
+    @staticmethod
+    def upgrade_checkpoint_args(args):
+        """Arguments read from a checkpoint of nar_refine < 0.3, which predate
+        --decoder-norm/--refine-embedding: set them to what that model was built with
+        (pre-norm, one shared matrix) before the architecture's new defaults apply."""
+        if not hasattr(args, "decoder_norm"):
+            args.decoder_norm, args.refine_embedding = "pre", "shared"
 
     @classmethod
     def build_model(cls, args, task):
@@ -258,6 +278,7 @@ class RefineNATDecoder(FairseqDecoder):
                 max_positions=args.max_target_positions + dictionary.pad() + 1,
                 padding_idx=dictionary.pad(),
                 positional_attention=not args.no_positional_attention,
+                normalize_before=args.decoder_norm == "pre",
             )
 
         self.initial = stack(args.decoder_layers)
@@ -267,6 +288,13 @@ class RefineNATDecoder(FairseqDecoder):
             self.output_projection.weight = embed_tokens.weight
         else:
             nn.init.normal_(self.output_projection.weight, mean=0, std=dim**-0.5)
+        # the refinement decoder's own matrix: embeds its input tokens and projects its output
+        # (the reference's decoder[1].out, read as F.embedding(y, out.weight * sqrt(d)))
+        self.refine_projection = None
+        if args.refine_embedding == "own":
+            self.refine_projection = nn.Linear(dim, len(dictionary), bias=False)
+            nn.init.normal_(self.refine_projection.weight, mean=0, std=dim**-0.5)
+            nn.init.constant_(self.refine_projection.weight[dictionary.pad()], 0)
 
     def initial_step(self, enc, tgt_lengths):
         """Decoder 1 on a uniform copy of the source embeddings -> (logits, hidden)."""
@@ -279,9 +307,13 @@ class RefineNATDecoder(FairseqDecoder):
     def refine_step(self, enc, prev_tokens, prev_hidden):
         """Decoder 2 on embed(previous output) + previous hidden states -> (logits, hidden)."""
         mask = prev_tokens.eq(self.dictionary.pad())
-        x = self.embed_scale * self.embed_tokens(prev_tokens) + prev_hidden
-        h = self.refine(x, mask, enc["states"], enc["padding_mask"])
-        return self.output_projection(h), h
+        if self.refine_projection is None:
+            x = self.embed_scale * self.embed_tokens(prev_tokens) + prev_hidden
+            h = self.refine(x, mask, enc["states"], enc["padding_mask"])
+            return self.output_projection(h), h
+        emb = F.embedding(prev_tokens, self.refine_projection.weight, self.dictionary.pad())
+        h = self.refine(self.embed_scale * emb + prev_hidden, mask, enc["states"], enc["padding_mask"])
+        return self.refine_projection(h), h
 
     @staticmethod
     def _shift_to_start(states, start):
@@ -334,6 +366,8 @@ def base_architecture(args):
     args.no_positional_attention = getattr(args, "no_positional_attention", False)
     args.length_detach_input = getattr(args, "length_detach_input", False)
     args.length_input = getattr(args, "length_input", "last")
+    args.decoder_norm = getattr(args, "decoder_norm", "post")
+    args.refine_embedding = getattr(args, "refine_embedding", "own")
     _nat_defaults(args)
 
 

@@ -1,10 +1,22 @@
 """Denoising corruptions of a target sentence (Lee et al. 2018, section 3.2).
 
-Each non-pad position is corrupted with probability ``rate`` by one of the enabled
-operations, chosen uniformly: ``swap`` (exchange with the next token), ``replace`` (a random
-vocabulary token) or ``repeat`` (copy the previous token). Lengths never change, so the
-corrupted sentence can be fed to a parallel decoder of the same length. Only torch's RNG is
-used, which fairseq reseeds every update: resumed training corrupts exactly as before.
+Operations: ``repeat`` (the token at p also overwrites p+1: "repeat and drop the next"),
+``replace`` (a random vocabulary token at p) and ``swap`` (exchange p and p+1). Lengths never
+change, so the corrupted sentence feeds a parallel decoder of the same length.
+
+Two ways to choose what is corrupted (``--corruption-count``):
+
+* ``exact`` (default, as the reference code ``utils.corrupt_target``): exactly
+  ``max(floor(rate * T), 1)`` distinct positions per sentence of T tokens, each given one
+  operation drawn uniformly, applied **one after another** in random order to the sentence as
+  it stands. No denoising input is the clean reference (so the refiner is never taught to
+  copy), and consecutive repeats compound into runs ("etwas etwas etwas"), as in real outputs.
+* ``independent`` (nar_refine < 0.3): each position corrupted with probability ``rate``, all
+  operations read one snapshot; at low rates many inputs come out clean and runs of three or
+  more repeats never occur.
+
+Only torch's RNG is used, which fairseq reseeds every update: resumed training corrupts
+exactly as before.
 """
 
 import torch
@@ -12,6 +24,7 @@ import torch
 from nar_refine.errors import NARConfigError
 
 CORRUPTION_OPS = ("swap", "replace", "repeat")
+COUNT_MODES = ("exact", "independent")
 
 
 def parse_corruptions(spec):
@@ -26,12 +39,73 @@ def parse_corruptions(spec):
     return names
 
 
-def corrupt(tokens, padding_mask, rate, ops, vocab_low, vocab_high, generator=None):
-    """Corrupt ``tokens`` (B x T, pads where ``padding_mask``) in place of a copy.
+def corrupt(tokens, padding_mask, rate, ops, vocab_low, vocab_high, generator=None, count="exact"):
+    """Corrupt a copy of ``tokens`` (B x T, pads where ``padding_mask``); see the module doc.
 
-    ``rate``: probability that a position is corrupted; ``vocab_low``/``vocab_high``: range of
-    ordinary symbols for ``replace``. Returns the corrupted B x T tensor.
+    ``rate``: share of positions corrupted (``exact``) or per-position probability
+    (``independent``); ``vocab_low``/``vocab_high``: range of ordinary symbols for ``replace``.
     """
+    if count == "exact":
+        return corrupt_exact(tokens, padding_mask, rate, ops, vocab_low, vocab_high, generator)
+    if count != "independent":
+        raise NARConfigError(f"unknown corruption count {count!r}; choose one of {', '.join(COUNT_MODES)}")
+    return corrupt_independent(tokens, padding_mask, rate, ops, vocab_low, vocab_high, generator)
+
+
+def corrupt_exact(tokens, padding_mask, rate, ops, vocab_low, vocab_high, generator=None):
+    """Exactly max(floor(rate*T), 1) positions per row, operations applied in sequence.
+
+    Positions are drawn without replacement from 0..T-2 (every operation then has a next
+    token; a one-token row can only be replaced), in random order; step i applies row b's i-th
+    operation to the row as the earlier steps left it. Vectorised over rows: the loop runs
+    over the largest count in the batch (a few dozen steps), not over sentences.
+    """
+    out = tokens.clone()
+    if rate <= 0:
+        return out
+    bsz, width = tokens.shape
+    dev = tokens.device
+    lengths = (~padding_mask).long().sum(1)
+    # candidate start positions 0..T-2 (0 for one-token rows), in a random order per row
+    span = (lengths - 1).clamp(min=1)
+    keys = torch.rand((bsz, width), device=dev, generator=generator)
+    pos_idx = torch.arange(width, device=dev)[None, :]
+    keys = keys.masked_fill(pos_idx >= span[:, None], 2.0)  # invalid positions sort last
+    order = keys.argsort(1)
+    counts = torch.floor(rate * lengths.float()).long().clamp(min=1)
+    counts = torch.minimum(counts, span).masked_fill(lengths.eq(0), 0)
+    op_ids = {op: i for i, op in enumerate(ops)}
+    choice = torch.randint(len(ops), (bsz, width), device=dev, generator=generator)
+    rand_tok = torch.randint(vocab_low, vocab_high, (bsz, width), device=dev, generator=generator)
+    rows = torch.arange(bsz, device=dev)
+    for i in range(int(counts.max()) if bsz else 0):
+        live = counts > i
+        p = order[:, i]
+        nxt = (p + 1).clamp(max=width - 1)
+        has_next = (p + 1) < lengths
+        op = choice[:, i]
+        cur, after = out[rows, p], out[rows, nxt]
+        new_p, new_next = cur, after
+        if "replace" in op_ids:
+            m = live & op.eq(op_ids["replace"])
+            new_p = torch.where(m, rand_tok[:, i], new_p)
+        if "repeat" in op_ids:
+            m = live & op.eq(op_ids["repeat"]) & has_next
+            new_next = torch.where(m, cur, new_next)
+        if "swap" in op_ids:
+            m = live & op.eq(op_ids["swap"]) & has_next
+            new_p = torch.where(m, after, new_p)
+            new_next = torch.where(m, cur, new_next)
+        # a one-token row drawn for repeat/swap is replaced instead (it must not stay clean)
+        lone = live & ~has_next & ~op.eq(op_ids.get("replace", -1))
+        new_p = torch.where(lone, rand_tok[:, i], new_p)
+        out[rows, nxt] = torch.where(has_next, new_next, out[rows, nxt])
+        out[rows, p] = new_p
+    return out
+
+
+def corrupt_independent(tokens, padding_mask, rate, ops, vocab_low, vocab_high, generator=None):
+    """Each non-pad position corrupted with probability ``rate`` from one snapshot."""
     if rate <= 0:
         return tokens.clone()
     out = tokens.clone()

@@ -43,13 +43,20 @@ class ParallelTransformerStack(nn.Module):
     reference decoder does (``skip_connect=True``) so that every layer reads the latent.
     ``positional_attention`` adds a :class:`PositionalAttention` sub-layer to every layer
     (Lee et al.'s reference decoders; needs ``max_positions``).
+
+    ``normalize_before=False`` builds post-norm layers (x <- LayerNorm(x + sublayer(x)), the
+    original Transformer and Lee et al.'s reference) and no final LayerNorm. In a pre-norm stack
+    the input reaches the output through the residual path untouched but for the final
+    LayerNorm, so a refinement decoder whose input holds the previous tokens' embeddings can
+    copy them to its output almost for free; post-norm renormalises the residual stream after
+    every sub-layer.
     """
 
     def __init__(self, embed_dim, ffn_dim, heads, layers, dropout=0.1, cross_attention=True,
                  max_positions: Optional[int] = 1024, padding_idx: int = 1, skip_connect=False,
-                 positional_attention=False):
+                 positional_attention=False, normalize_before=True):
         super().__init__()
-        cfg = layer_config(embed_dim, ffn_dim, heads, dropout)
+        cfg = layer_config(embed_dim, ffn_dim, heads, dropout, normalize_before=normalize_before)
         self.cross_attention = cross_attention
         self.skip_connect = skip_connect
         if cross_attention:
@@ -65,13 +72,14 @@ class ParallelTransformerStack(nn.Module):
             else None
         )
         self.dropout = nn.Dropout(dropout)
-        self.layer_norm = LayerNorm(embed_dim)
+        self.layer_norm = LayerNorm(embed_dim) if normalize_before else None
         self.positional_attention = None
         if positional_attention:
             if self.embed_positions is None:
                 raise ValueError("positional_attention needs max_positions (positional encodings)")
             self.positional_attention = nn.ModuleList(
-                [PositionalAttention(embed_dim, heads, dropout) for _ in range(layers)]
+                [PositionalAttention(embed_dim, heads, dropout, normalize_before)
+                 for _ in range(layers)]
             )
 
     def forward(self, x, padding_mask, context=None, context_padding_mask=None):
@@ -101,7 +109,9 @@ class ParallelTransformerStack(nn.Module):
                 x = layer(x, encoder_padding_mask=padding_mask)
             if self.skip_connect:
                 x = (first_x + x) * math.sqrt(0.5)
-        x = self.layer_norm(x).transpose(0, 1)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        x = x.transpose(0, 1)
         return x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
 
 
@@ -110,21 +120,24 @@ class PositionalAttention(nn.Module):
     hidden states: x <- x + Attn(q = k = pos, v = LayerNorm(x)) (Gu et al. 2018; in every
     decoder layer of Lee et al.'s reference code). Its weights depend on positions only: it
     mixes positions the same way in every sentence of a given length, whatever the words.
-    Pre-norm, placed before each layer's self-attention (the reference, post-norm, puts it
-    right after).
+    Placed before each layer's self-attention; pre-norm (LayerNorm on the values) or post-norm
+    (LayerNorm after the residual sum), as the layers around it.
     """
 
-    def __init__(self, embed_dim, heads, dropout=0.1):
+    def __init__(self, embed_dim, heads, dropout=0.1, normalize_before=True):
         super().__init__()
         self.attn = MultiheadAttention(embed_dim, heads, dropout=0.0, self_attention=False)
         self.layer_norm = LayerNorm(embed_dim)
+        self.normalize_before = normalize_before
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, positions, padding_mask):
         """x, positions: T x B x C; padding_mask: B x T (True at pads). Returns T x B x C."""
-        h, _ = self.attn(query=positions, key=positions, value=self.layer_norm(x),
+        value = self.layer_norm(x) if self.normalize_before else x
+        h, _ = self.attn(query=positions, key=positions, value=value,
                          key_padding_mask=padding_mask, need_weights=False)
-        return x + self.dropout(h)
+        x = x + self.dropout(h)
+        return x if self.normalize_before else self.layer_norm(x)
 
 
 def uniform_copy(src_states, src_lengths, tgt_lengths):
