@@ -4,6 +4,11 @@
 # torch 2.13.0 (CPU build), fairseq 0.12 (the fairseq-fixed build), sacrebleu,
 # sentencepiece, fastBPE + sacremoses (the --bpe fastbpe recipe), matplotlib, pytest, and
 # nar_refine in editable mode.
+# On a GPU machine, a CUDA build of torch instead: TORCH_INDEX_URL names PyTorch's wheel index
+# for the machine's CUDA (e.g. https://download.pytorch.org/whl/cu130) and TORCH_SPEC the torch
+# release (default torch==2.13.0); e.g.
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 bash scripts/setup.sh
+# A node without network that already has a CUDA torch: scripts/make_offline_bundle.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -16,7 +21,14 @@ fi
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip setuptools wheel
 # torch pinned: an unpinned torch pulls a multi-GB CUDA build.
-$PIP install -q "torch==2.13.0" "cython" "numpy<2.3"
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  echo "[setup] $TORCH_SPEC from $TORCH_INDEX_URL"
+  $PIP install -q "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"
+  $PIP install -q "cython" "numpy<2.3"
+else
+  $PIP install -q "$TORCH_SPEC" "cython" "numpy<2.3"
+fi
 # fairseq's own requirements, minus torchaudio (it would replace our torch; fairseq only
 # needs it for speech tasks).
 $PIP install -q cffi "hydra-core==1.3.2" "omegaconf==2.3.0" regex "sacrebleu>=2.0" tqdm \
@@ -25,7 +37,9 @@ $PIP install -q cffi "hydra-core==1.3.2" "omegaconf==2.3.0" regex "sacrebleu>=2.
 $PIP install -q --no-build-isolation fastbpe
 if ! "$VENV/bin/python" -c "import fairseq" 2>/dev/null; then
   echo "[setup] building fairseq 0.12 (fairseq-fixed 0.12.3.1) from source, about 3 minutes"
-  $PIP install -q --no-deps --no-build-isolation "fairseq-fixed==0.12.3.1"
+  # without CUDA_HOME fairseq builds only its C++/Cython extensions: its CUDA kernels (fairseq's
+  # Levenshtein and n-gram blocking) are not used here and would need nvcc and minutes more
+  env -u CUDA_HOME $PIP install -q --no-deps --no-build-isolation "fairseq-fixed==0.12.3.1"
 fi
 $PIP install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/python" -c "import torch, fairseq, nar_refine; print('[setup] ok: torch', torch.__version__, 'fairseq', fairseq.__version__)"

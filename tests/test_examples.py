@@ -148,6 +148,38 @@ def test_gpu_profile_budgets_dry_run(raw_multi30k, tmp_path):
     assert "STOP_HOURS" not in smoke and not (tmp_path / "w" / "data-bin").exists()
 
 
+@pytest.mark.parametrize("gpus, visible, pinned", [
+    (None, None, "GPUS=1 CUDA_VISIBLE_DEVICES=0"),         # a multi-GPU node: still one GPU
+    (None, "3,5,7", "GPUS=1 CUDA_VISIBLE_DEVICES=3"),      # the first of those the user gave
+    ("2", None, "GPUS=2 CUDA_VISIBLE_DEVICES=0,1"),
+    ("2", "3,5,7", "GPUS=2 CUDA_VISIBLE_DEVICES=3,5"),
+])
+def test_gpu_profile_is_pinned(raw_multi30k, tmp_path, gpus, visible, pinned):
+    """run_pipeline.sh --gpu trains on one GPU (GPUS=N on N): fairseq-train would otherwise use
+    every visible GPU. Every step inherits the pin, and a step run alone pins the same way."""
+    env = {"DATA": str(raw_multi30k), "PATH": f"{BIN}:/usr/bin:/bin", "DRY_RUN": "1",
+           **({"GPUS": gpus} if gpus else {}), **({"CUDA_VISIBLE_DEVICES": visible} if visible else {})}
+    out = run(["bash", EXAMPLE / "run_pipeline.sh", "--gpu", tmp_path / "w"], env=env).stdout
+    assert f"[--gpu] {pinned}\n" in out
+    assert "[--gpu]" not in run(["bash", EXAMPLE / "run_pipeline.sh", tmp_path / "w"], env=env).stdout
+    # common.sh, as every step sources it (no CUDA here: no --fp16 / --distributed-world-size)
+    show = 'source "$1" --gpu --smoke "$2"; echo "GPUS=$GPUS CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"'
+    step = run(["bash", "-c", show, "_", EXAMPLE / "common.sh", tmp_path / "w"], env=env)
+    assert step.stdout.splitlines()[-1] == pinned
+
+
+@pytest.mark.parametrize("gpus, visible, message", [
+    ("0", None, "GPUS=0: give the number of GPUs"),
+    ("two", None, "GPUS=two: give the number of GPUs"),
+    ("3", "4,6", "GPUS=3, but CUDA_VISIBLE_DEVICES='4,6' names 2 GPU(s)"),
+])
+def test_gpu_profile_bad_gpus(raw_multi30k, tmp_path, gpus, visible, message):
+    env = {"DATA": str(raw_multi30k), "PATH": f"{BIN}:/usr/bin:/bin", "DRY_RUN": "1", "GPUS": gpus,
+           **({"CUDA_VISIBLE_DEVICES": visible} if visible else {})}
+    proc = run(["bash", EXAMPLE / "run_pipeline.sh", "--gpu", tmp_path / "w"], env=env, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "===" not in proc.stdout
+
+
 def test_gpu_profile_plumbing_on_cpu(raw_multi30k, tmp_path):
     """run_pipeline.sh --smoke --gpu on a machine without CUDA: the GPU profile's commands run on
     the CPU without --fp16 and say so (teacher -> distillation -> CMLM -> LaNMT, evaluated)."""

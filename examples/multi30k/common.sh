@@ -4,6 +4,8 @@
 #   --gpu     the one-GPU profile (run_pipeline.sh --gpu): --fp16 training and decoding, batches of
 #             16384 tokens, CUDA-timed benchmark; wall-time budgets are run_pipeline.sh's. Without a
 #             CUDA device it runs the same commands on the CPU without --fp16 (a plumbing check).
+#             One GPU (CUDA_VISIBLE_DEVICES pinned to the first); GPUS=N trains on N of them
+#             (--distributed-world-size N, N x 16384 tokens per update), see gpus.sh.
 #   --bpe     subword model: sentencepiece (default, joint unigram ~8000) or fastbpe
 #             (joint BPE, 10k merges, on Moses-tokenised text)
 #   WORKDIR   default examples/multi30k/work (smoke: examples/multi30k/work-smoke)
@@ -70,14 +72,29 @@ else
   LAYERS=4; DIM=128; FFN=256; HEADS=4; MAX_TOKENS=4096
   SMOKE_LINES=0; SPM_VOCAB=${SPM_VOCAB:-8000}; BPE_MERGES=${BPE_MERGES:-10000}
 fi
-# --gpu: fp16 where CUDA is there, larger batches (the models are the same)
+# --gpu: fp16 where CUDA is there, larger batches (the models are the same), on GPUS GPUs
+# (default 1; gpus.sh pins CUDA_VISIBLE_DEVICES, or fairseq-train would use every GPU it sees)
 CUDA=0
-if [ "$GPU" = 1 ] && python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then CUDA=1; fi
+if [ "$GPU" = 1 ]; then
+  # shellcheck source=examples/multi30k/gpus.sh
+  source "$EXAMPLE_DIR/gpus.sh"
+  pin_gpus || exit 2
+  CUDA_COUNT=$(python -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
+  if [ "$CUDA_COUNT" -gt 0 ]; then CUDA=1; fi
+  if [ "$CUDA" = 1 ] && [ "$CUDA_COUNT" -lt "$GPUS" ]; then
+    echo "GPUS=$GPUS, but CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES shows $CUDA_COUNT GPU(s)" >&2; exit 2
+  fi
+fi
 TRAIN_GPU_ARGS=(); GEN_GPU_ARGS=()
-if [ "$CUDA" = 1 ]; then TRAIN_GPU_ARGS=(--fp16); GEN_GPU_ARGS=(--fp16); fi
+if [ "$CUDA" = 1 ]; then
+  TRAIN_GPU_ARGS=(--fp16 --distributed-world-size "$GPUS"); GEN_GPU_ARGS=(--fp16)
+fi
 if [ "$GPU" = 1 ] && [ "$SMOKE" = 0 ]; then MAX_TOKENS=16384; fi
 if [ "$GPU" = 1 ] && [ "$CUDA" = 0 ]; then
   echo "[--gpu] no CUDA device here: the GPU profile runs on the CPU without --fp16 (plumbing check)" >&2
+fi
+if [ "$CUDA" = 1 ]; then
+  echo "[--gpu] training on $GPUS GPU(s): CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES (GPUS=N for more)" >&2
 fi
 # Generation length limit: the smoke models are barely trained and would babble to 200 tokens.
 if [ "$SMOKE" = 1 ]; then GEN_ARGS=(--max-len-a 1.2 --max-len-b 10); else GEN_ARGS=(); fi

@@ -9,7 +9,10 @@
 #   networks 0.6 min each (GPU_BUDGETS_MIN overrides: "teacher=2.4 cmlm=1.2 ..."). The NAT models
 #   then stop on their budget, not on updates. Not yet run on a GPU (no GPU was lent to this
 #   project so far); without CUDA the same commands run on the CPU without --fp16, and
-#   "--smoke --gpu" is the tested plumbing check (tests/test_examples.py).
+#   "--smoke --gpu" is the tested plumbing check (tests/test_examples.py). It trains on one GPU
+#   (CUDA_VISIBLE_DEVICES pinned to the first one, or to the first of those already set);
+#   GPUS=N trains on N (--distributed-world-size N: N-way data parallel, N x 16384 tokens per
+#   update, in the same wall-time budgets).
 # NAT_MODELS (default "refine_nat lanmt score_net energy_net") are trained after the CMLM baseline;
 # the benchmark (scripts/benchmark.py) comes last. NAT_MODELS="" BENCHMARK=0 stops after the CMLM.
 # DRY_RUN=1 prints every step's command (and the --gpu budgets) without running it.
@@ -17,6 +20,12 @@ set -euo pipefail
 D="$(cd "$(dirname "$0")" && pwd)"
 GPU=0; SMOKE=0
 for a in "$@"; do case "$a" in --gpu) GPU=1 ;; --smoke) SMOKE=1 ;; esac; done
+if [ "$GPU" = 1 ]; then  # one GPU unless GPUS=N (gpus.sh); every step inherits the pin
+  # shellcheck source=examples/multi30k/gpus.sh
+  source "$D/gpus.sh"
+  pin_gpus || exit 2
+  echo "[--gpu] GPUS=$GPUS CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"
+fi
 declare -A BUDGET_MIN=([teacher]=2.4 [cmlm]=1.2 [refine_nat]=1.2 [lanmt]=1.2 [score_net]=0.6 [energy_net]=0.6)
 for kv in ${GPU_BUDGETS_MIN:-}; do BUDGET_MIN[${kv%%=*}]=${kv#*=}; done
 step_env() {  # env of a training step: the --gpu profile's wall-time budget (not in smoke mode)
