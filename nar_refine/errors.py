@@ -15,6 +15,14 @@ class NARConfigError(ValueError):
 
 
 _HOOK_FLAG = "_nar_refine_excepthook"
+_CLEANUPS = []
+
+
+def at_user_error_exit(fn):
+    """Run ``fn()`` before the hook below ends the process on a :class:`NARConfigError` (it
+    exits with ``os._exit``, which skips ``atexit``): e.g. release a lock file."""
+    if fn not in _CLEANUPS:
+        _CLEANUPS.append(fn)
 
 
 def install_excepthook():
@@ -29,6 +37,11 @@ def install_excepthook():
             sys.stdout.flush()
             sys.stderr.write(f"nar_refine: error: {message}\n")
             sys.stderr.flush()
+            for cleanup in _CLEANUPS:
+                try:
+                    cleanup()
+                except Exception:  # noqa: BLE001  (the error line is what the user needs)
+                    pass
             os._exit(2)  # exit status 2 like argparse; no interpreter teardown noise
         previous(exc_type, exc, tb)
 

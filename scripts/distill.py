@@ -13,7 +13,8 @@ the result is a drop-in replacement data-bin for training a non-autoregressive s
     validation/test keep the real references.
   * The source side is written back from the generator's S- lines (the data-bin's own tokens),
     so source and target stay aligned line by line; hypotheses are kept as subword tokens
-    (no --post-process), in the teacher's vocabulary.
+    (no --post-process), in the teacher's vocabulary. An empty hypothesis is replaced by its
+    reference (T- line): a non-autoregressive model cannot learn an empty target.
   * Resumable: a split whose generation finished is not translated again.
   * Everything after ``--`` goes to fairseq-generate (e.g. ``-- --lenpen 1.2``).
 
@@ -74,14 +75,15 @@ def generate(args, split, src, tgt, gen_file):
     return time.time() - t0
 
 
-def parse_generate(gen_file, n):
-    """S-/H- lines of fairseq-generate output -> (sources, hypotheses) ordered by sample id."""
+def parse_generate(gen_file, n, refs=None):
+    """S-/H- lines of fairseq-generate output -> (sources, hypotheses) ordered by sample id;
+    ``refs`` (a dict) receives the T- lines (references), by sample id."""
     srcs, hyps = {}, {}
     with open(gen_file, encoding="utf-8") as f:
         for line in f:
-            if line.startswith("S-"):
-                key, text = line.rstrip("\n").split("\t", 1)
-                srcs[int(key[2:])] = text
+            if line.startswith("S-") or (line.startswith("T-") and refs is not None):
+                key, text = (line.rstrip("\n").split("\t", 1) + [""])[:2]
+                (srcs if line.startswith("S-") else refs)[int(key[2:])] = text
             elif line.startswith("H-"):
                 fields = line.rstrip("\n").split("\t")
                 idx = int(fields[0][2:])
@@ -93,6 +95,12 @@ def parse_generate(gen_file, n):
                          "every training pair needs a translation (sentences longer than the teacher's "
                          "max positions? delete the file and rerun with a larger -- --max-len-b)")
     return [srcs[i] for i in range(n)], [hyps[i] for i in range(n)]
+
+
+def fill_empty_targets(hyps, refs):
+    """An empty hypothesis cannot be learnt (a length-0 output) and nar_translation refuses
+    training data with one: such a pair keeps its reference (``refs``: sample id -> T- line)."""
+    return [h if h.strip() else refs.get(i, h) for i, h in enumerate(hyps)]
 
 
 def main():
@@ -139,14 +147,17 @@ def main():
             secs = generate(args, split, src, tgt, gen_file)
             info["generate_seconds"][split] = round(secs, 1)
             log(f"{split}: done in {secs:.0f} s ({n / max(secs, 1e-9):.1f} sentences/s)")
-        sources, hyps = parse_generate(gen_file, n)
+        refs = {}
+        sources, hyps = parse_generate(gen_file, n, refs)
         empty = sum(1 for h in hyps if not h.strip())
+        hyps = fill_empty_targets(hyps, refs)
         for lang, lines in ((src, sources), (tgt, hyps)):
             with open(os.path.join(args.out, "text", f"{split}.{lang}"), "w", encoding="utf-8") as f:
                 f.writelines(line + "\n" for line in lines)
         info.setdefault("sentences", {})[split] = n
         info.setdefault("empty_hypotheses", {})[split] = empty
-        log(f"{split}: wrote {n} pairs ({empty} empty hypotheses) to {args.out}/text/{split}.{{{src},{tgt}}}")
+        log(f"{split}: wrote {n} pairs ({empty} empty hypotheses, replaced by their references) "
+            f"to {args.out}/text/{split}.{{{src},{tgt}}}")
 
     # Binarise with the teacher data's dictionaries so token ids are unchanged.
     cmd = ["fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,

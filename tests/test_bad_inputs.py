@@ -17,6 +17,7 @@ import torch
 
 from helpers import (AR_TEACHER_ARGS, LANMT, NAR, OPTIM, REFINE, USER_DIR, assert_user_error, cli, generate,
                      parse_hypotheses, preprocess, run, train, write_toy_corpus)
+from nar_refine.dictionaries import FINGERPRINT_KEY
 
 SOURCE_LIMIT = 16  # --max-source-positions of the refine_nat fixture: 15 words + </s>
 LONG_LINE = " ".join(f"w{i % 24}" for i in range(20))  # 20 words + </s> = 21 tokens
@@ -189,8 +190,9 @@ def test_teacher_with_other_languages(toy_data, lanmt_ckpt, ende_teacher):
 
 
 def test_teacher_with_other_dictionaries(toy_data, lanmt_ckpt, ende_teacher, tmp_path):
-    """A teacher whose data-bin has other dictionaries (here: the en-de teacher pointed at
-    src-tgt dictionaries with two symbols swapped, so sizes agree and only ids differ)."""
+    """A teacher without a dictionary record (nar_refine 0.2.0 or earlier) whose data-bin has
+    other dictionaries (here: the en-de teacher pointed at src-tgt dictionaries with two
+    symbols swapped, so sizes agree and only ids differ)."""
     other = tmp_path / "other-dict"
     other.mkdir()
     for side in ("src", "tgt"):
@@ -199,6 +201,7 @@ def test_teacher_with_other_dictionaries(toy_data, lanmt_ckpt, ende_teacher, tmp
         (other / f"dict.{side}.txt").write_text("\n".join(lines) + "\n")
     state = torch.load(ende_teacher, map_location="cpu", weights_only=False)
     state["cfg"]["task"].update(data=str(other), source_lang="src", target_lang="tgt")
+    del state["task_state"][FINGERPRINT_KEY]  # a teacher written before the record
     teacher = tmp_path / "teacher_other_dict.pt"
     torch.save(state, teacher)
     proc = generate(toy_data, lanmt_ckpt, [*NAR, "--decoding", "delta", "--latent-search-size", "2",
@@ -307,3 +310,230 @@ def test_nccl_backend_on_cpus(toy_data, tmp_path):
     assert_user_error(proc, "--distributed-backend nccl (the default) needs GPUs",
                       "--distributed-backend gloo")
     assert no_checkpoint(tmp_path)
+
+
+# -- the checkpoint's dictionaries, recorded when it was trained -------------------------------
+def with_other_dictionaries(toy_data, folder, change):
+    """A copy of the toy data-bin whose dict.*.txt lines are changed in place by ``change``."""
+    shutil.copytree(toy_data, folder)
+    for side in ("src", "tgt"):
+        path = Path(folder) / f"dict.{side}.txt"
+        lines = path.read_text().splitlines()
+        change(lines)
+        path.write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+def swap_first_two(lines):
+    lines[0], lines[1] = lines[1], lines[0]
+
+
+def add_a_symbol(lines):
+    lines.append("zzz 1")
+
+
+def dictionary_size(toy_data):
+    return len((Path(toy_data) / "dict.src.txt").read_text().splitlines()) + 4  # + specials
+
+
+def test_data_bin_with_other_dictionaries(toy_data, refine_ckpt, tmp_path):
+    """A second prepare.sh gives dictionaries of the same size but other symbols: refused, as
+    one of another size is (instead of garbage, or a size-mismatch dump)."""
+    n = dictionary_size(toy_data)
+    for name, change, phrase in [
+        ("swapped", swap_first_two, f"source dictionaries have the same size ({n}) but different "
+                                    f"symbols; first difference at id 4"),
+        ("bigger", add_a_symbol, f"source dictionary sizes differ: checkpoint {n}, data {n + 1}"),
+    ]:
+        data = with_other_dictionaries(toy_data, tmp_path / name, change)
+        proc = generate(data, refine_ckpt, NAR, check=False)
+        assert_user_error(proc, refine_ckpt, "trained with other dictionaries", phrase,
+                          f"it was trained on {toy_data}")
+        assert not parse_hypotheses(proc.stdout)
+
+
+def test_interactive_and_python_api_check_the_dictionaries(toy_data, refine_ckpt, tmp_path):
+    from nar_refine.errors import NARConfigError
+    from nar_refine.hub import from_pretrained
+
+    data = with_other_dictionaries(toy_data, tmp_path / "swapped", swap_first_two)
+    proc = interactive(data, refine_ckpt, GOOD[0].encode() + b"\n")
+    assert_user_error(proc, "trained with other dictionaries", "first difference at id 4")
+    assert not parse_hypotheses(proc.stdout)
+    with pytest.raises(NARConfigError, match="first difference at id 4"):
+        from_pretrained(str(Path(refine_ckpt).parent), "checkpoint_last.pt", data_name_or_path=data)
+
+
+def test_checkpoint_without_a_dictionary_record(toy_data, refine_ckpt, tmp_path):
+    """nar_refine 0.2.0's checkpoints: a warning with the right dictionaries, one line (not
+    fairseq's size-mismatch dump) with dictionaries of another size."""
+    state = torch.load(refine_ckpt, map_location="cpu", weights_only=False)
+    del state["task_state"][FINGERPRINT_KEY]
+    old = str(tmp_path / "old.pt")
+    torch.save(state, old)
+    proc = generate(toy_data, old, NAR)
+    assert "records no dictionaries (written by nar_refine 0.2.0 or earlier" in proc.stderr
+    assert len(parse_hypotheses(proc.stdout)) == 60
+    data = with_other_dictionaries(toy_data, tmp_path / "bigger", add_a_symbol)
+    proc = generate(data, old, NAR, check=False)
+    assert_user_error(proc, "its weights do not fit the dictionaries it is loaded with",
+                      "size mismatch for")
+
+
+def test_teacher_dictionaries_are_checked_by_its_record(toy_data, lanmt_ckpt, ar_teacher, tmp_path):
+    """A teacher trained with the plugin records its dictionaries: it may move away from its
+    data-bin; a record that differs is refused; without a record and a data-bin it is refused."""
+    from nar_refine.dictionaries import symbols_digest
+
+    search = [*NAR, "--decoding", "delta", "--latent-search-size", "2", "--teacher-path"]
+    state = torch.load(ar_teacher, map_location="cpu", weights_only=False)
+    state["cfg"]["task"]["data"] = str(tmp_path / "moved-away")
+    moved = str(tmp_path / "moved.pt")
+    torch.save(state, moved)
+    assert len(parse_hypotheses(generate(toy_data, lanmt_ckpt, [*search, moved]).stdout)) == 60
+
+    record = state["task_state"][FINGERPRINT_KEY]["source"]
+    record["symbols"][4], record["symbols"][5] = record["symbols"][5], record["symbols"][4]
+    record["sha256"] = symbols_digest(record["symbols"])
+    other = str(tmp_path / "other.pt")
+    torch.save(state, other)
+    proc = generate(toy_data, lanmt_ckpt, [*search, other], check=False)
+    assert_user_error(proc, "does not share this task's dictionaries",
+                      "same size", "first difference at id 4: teacher")
+
+    del state["task_state"][FINGERPRINT_KEY]
+    torch.save(state, other)
+    proc = generate(toy_data, lanmt_ckpt, [*search, other], check=False)
+    assert_user_error(proc, "moved-away is gone and the checkpoint records no dictionaries")
+
+
+# -- decoding: bounded, visible, finite ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def score_ckpt(toy_data, lanmt_ckpt, tmp_path_factory):
+    """A score network on the LaNMT fixture (2 updates: only its decoding is tested)."""
+    save = tmp_path_factory.mktemp("score")
+    train(toy_data, str(save), [*NAR, "--arch", "score_net_tiny", "--criterion", "score_matching",
+                                "--lanmt-path", lanmt_ckpt, *OPTIM], max_update=2)
+    return str(save / "checkpoint_last.pt")
+
+
+@pytest.mark.parametrize("family,args,cause", [
+    ("score", ["--score-alpha", "1e30"], "the cause is --score-alpha 1e+30 (with --score-steps 1)"),
+    ("lanmt", ["--decoding", "prior", "--latent-search-size", "3", "--latent-search-noise", "1e30"],
+     "the cause is --latent-search-noise 1e+30"),
+])
+def test_non_finite_decoding_names_its_cause(toy_data, lanmt_ckpt, score_ckpt, family, args, cause):
+    """Before: nan scores and <unk> text (score), or candidates silently dropped (noise)."""
+    proc = generate(toy_data, score_ckpt if family == "score" else lanmt_ckpt, [*NAR, *args],
+                    check=False)
+    assert_user_error(proc, "decoding gave non-finite values (nan/inf)", cause)
+    assert not parse_hypotheses(proc.stdout)
+
+
+def test_decode_memory_is_planned(toy_data, lanmt_ckpt, refine_ckpt):
+    """A batch whose candidates do not fit the budget is decoded in chunks of sentences (the
+    same translations); a sentence that alone does not fit is refused with the fix."""
+    search = [*NAR, "--decoding", "delta", "--latent-search-size", "8", "--latent-search-noise", "0"]
+    whole = generate(toy_data, lanmt_ckpt, search)
+    chunked = generate(toy_data, lanmt_ckpt, [*search, "--decode-memory-gb", "0.002"])
+    assert "decoding it in chunks of" in chunked.stdout + chunked.stderr
+    assert parse_hypotheses(chunked.stdout) == parse_hypotheses(whole.stdout)
+    assert len(parse_hypotheses(whole.stdout)) == 60
+    proc = generate(toy_data, lanmt_ckpt, [*NAR, "--latent-search-size", "5000",
+                                           "--decode-memory-gb", "0.01"], check=False)
+    assert_user_error(proc, "--latent-search-size 5000: one sentence of", "lower --latent-search-size")
+    proc = generate(toy_data, refine_ckpt, [*NAR, "--iter-decode-with-beam", "1000",
+                                            "--decode-memory-gb", "0.05"], check=False)
+    assert_user_error(proc, "--iter-decode-with-beam 1000: one sentence of",
+                      "lower --iter-decode-with-beam")
+
+
+def test_long_batch_shows_progress(toy_data, refine_ckpt):
+    cmd = [cli("fairseq-generate"), toy_data, "--user-dir", USER_DIR, "--path", refine_ckpt,
+           "--gen-subset", "test", "--batch-size", "60", *NAR, "--iter-decode-max-iter", "20",
+           "--iter-decode-force-max-iter"]
+    proc = run(cmd, env={"NAR_REFINE_PROGRESS_SECONDS": "0"})
+    progress = [l for l in (proc.stdout + proc.stderr).splitlines() if "decoding a batch of" in l]
+    assert any("refinement steps so far (at most 20)" in l for l in progress), progress
+
+
+@pytest.mark.parametrize("flag", ["--fp16", "--bf16"])
+def test_half_precision_decoding_on_a_cpu(toy_data, refine_ckpt, flag):
+    """--bf16 is ignored by fairseq-generate 0.12; --fp16 on a CPU is slower than fp32."""
+    proc = generate(toy_data, refine_ckpt, [*NAR, flag], check=False)
+    assert_user_error(proc, flag)
+    assert not parse_hypotheses(proc.stdout)
+
+
+# -- text in, text checked ---------------------------------------------------------------------
+def test_interactive_warns_when_most_tokens_are_unknown(toy_data, refine_ckpt):
+    """Raw text given to a data-bin of subwords (a missing --bpe) becomes <unk>s."""
+    proc = interactive(toy_data, refine_ckpt, b"w1 w2 w3\nA man rides a bike .\nw1 foo w2\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [l for l in proc.stderr.splitlines() if l.startswith("nar_refine:")]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("nar_refine: warning: input line 2 (S-1): 6 of its 6 tokens "
+                                  "are not in the dictionary (<unk>)") and "--bpe" in warnings[0]
+    assert sorted(parse_hypotheses(proc.stdout)) == [0, 1, 2]
+
+
+def test_python_api_refuses_what_is_not_text(toy_data, refine_ckpt):
+    from nar_refine.errors import NARConfigError
+    from nar_refine.hub import from_pretrained
+
+    nat = from_pretrained(str(Path(refine_ckpt).parent), "checkpoint_last.pt",
+                          data_name_or_path=toy_data)
+    for sentences, phrase in [
+        ([GOOD[0], b"w1 w2"], "sentence 1 (0-based) of this call is of type bytes, not str"),
+        ([None], "sentence 0 (0-based) of this call is of type NoneType"),
+        (["w1 \udcff w2"], "sentence 0 (0-based) of this call is not valid text"),
+        (5, "translate() wants a str or a list of str, got int"),
+    ]:
+        with pytest.raises(NARConfigError) as err:
+            nat.translate(sentences)
+        assert phrase in str(err.value)
+    with pytest.raises(NARConfigError, match="bad value for decoding option iter_decode_max_iter"):
+        nat.translate([GOOD[0]], iter_decode_max_iter="abc")
+    assert nat.translate([GOOD[0]], iter_decode_max_iter="4") == [GOOD[0].upper()]
+
+
+SPM_TOOL = Path(__file__).resolve().parents[1] / "examples" / "multi30k" / "spm_tool.py"
+
+
+def test_spm_tool_and_prepare_refuse_text_that_is_not_utf8(tmp_path):
+    import sys
+
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
+    good.write_text("a man rides a bike .\ntwo dogs play in the snow .\n" * 20)
+    bad.write_bytes(b"a man\nrides \xff a bike\n")
+    spm = [sys.executable, str(SPM_TOOL)]
+    cases = [
+        (["check", str(good), str(bad)], None, f"{bad} line 2 is not UTF-8 (byte 0xff at column 7)"),
+        (["train", "--input", f"{good},{bad}", "--model-prefix", str(tmp_path / "m"),
+          "--vocab-size", "20"], None, f"{bad} line 2 is not UTF-8"),
+    ]
+    for args, stdin, phrase in cases:
+        proc = subprocess.run(spm + args, capture_output=True, input=stdin)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and err.count("spm_tool.py: error:") == 1, err
+        assert phrase in err and "Traceback" not in err, err
+    run(spm + ["train", "--input", str(good), "--model-prefix", str(tmp_path / "m"),
+               "--vocab-size", "30"])
+    proc = subprocess.run(spm + ["encode", "--model", str(tmp_path / "m.model")],
+                          input=bad.read_bytes(), capture_output=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "spm_tool.py: error: standard input line 2 is not UTF-8" in proc.stderr.decode()
+
+    # prepare.sh checks the raw text before it copies it
+    data = tmp_path / "multi30k"
+    data.mkdir()
+    for name in ("train", "val", "test_2016_flickr"):
+        for lang in ("en", "de"):
+            shutil.copy(good, data / f"{name}.{lang}")
+    shutil.copy(bad, data / "val.de")
+    prepare = SPM_TOOL.parent / "prepare.sh"
+    env = dict(os.environ, DATA=str(data), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(prepare), "--smoke", str(tmp_path / "work")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"spm_tool.py: error: {data / 'val.de'} line 2 is not UTF-8" in proc.stderr

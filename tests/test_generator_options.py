@@ -55,6 +55,12 @@ BAD = [
     ("prior", ["--score-line-search=-1,nan"], "--score-line-search wants comma-separated positive"),
     ("refine", ["--latent-search-size", "3"],
      "--latent-search-size 3 with --decoding refine: refine_nat has no latent to search"),
+    ("refine", ["--iter-decode-max-iter", "100000", "--iter-decode-force-max-iter"],
+     "--iter-decode-max-iter must be <= 1000"),
+    ("prior", ["--score-steps", "100000"], "--score-steps must be <= 1000"),
+    ("prior", ["--score-line-search", "0.5,,1"], "positive finite step sizes (e.g. 0.5,1,2), got '0.5,,1'"),
+    ("refine", ["--nbest", "5"], "--nbest 5: nar_translation decoders give one hypothesis per sentence"),
+    ("delta", ["--decode-memory-gb", "-1"], "--decode-memory-gb must be finite and >= 0"),
 ]
 
 

@@ -18,6 +18,8 @@ for pair in train:train valid:val test:test_2016_flickr; do
   for l in $SRC $TGT; do
     out="$WORK/raw/$split.$l"
     [ -s "$out" ] && continue
+    # every line must be UTF-8: one line naming the first that is not, and exit 2
+    python "$EXAMPLE_DIR/spm_tool.py" check "$DATA/$file.$l" || exit 2
     if [ "$SMOKE" = 1 ]; then
       n=$([ "$split" = train ] && echo "$SMOKE_LINES" || echo 100)
       head -n "$n" "$DATA/$file.$l" > "$out"

@@ -5,6 +5,7 @@ import math
 
 from nar_refine.errors import NARConfigError
 from nar_refine.inference.adaptive_refinement import AdaptiveRefinementGenerator
+from nar_refine.inference.guard import MAX_STEPS, DecodeGuard
 from nar_refine.inference.latent_refinement import build_latent_generator, delta_refiner
 from nar_refine.inference.score_inference import build_score_generator, parse_step_sizes
 from nar_refine.inference.teacher import TeacherScorer
@@ -27,6 +28,8 @@ def validate_decoding_options(task, gen_args, decoding):
     max_iter = getattr(gen_args, "iter_decode_max_iter", 10)
     beam = getattr(gen_args, "iter_decode_with_beam", 1)
     need(max_iter >= 0, f"--iter-decode-max-iter must be >= 0 (0 = no refinement step), got {max_iter}")
+    need(max_iter <= MAX_STEPS, f"--iter-decode-max-iter must be <= {MAX_STEPS} (the papers refine "
+         f"for up to 10-20 steps), got {max_iter}")
     need(beam >= 1, f"--iter-decode-with-beam must be >= 1 (1 = the best length only), got {beam}")
     window = getattr(cfg, "adaptive_window", 2)
     min_steps = getattr(cfg, "adaptive_min_steps", 3)
@@ -44,9 +47,18 @@ def validate_decoding_options(task, gen_args, decoding):
          f"--latent-search-max-tokens must be >= 0 (0 = all candidates in one chunk), got {chunk}")
     steps = getattr(cfg, "score_steps", 1)
     need(steps >= 0, f"--score-steps must be >= 0 (0 = decode the prior mean), got {steps}")
+    need(steps <= MAX_STEPS, f"--score-steps must be <= {MAX_STEPS} (the paper takes 1 to a few "
+         f"steps), got {steps}")
     alpha = getattr(cfg, "score_alpha", 1.0)
     need(alpha is not None and math.isfinite(alpha) and alpha > 0,
          f"--score-alpha must be positive and finite, got {alpha}")
+    memory = getattr(cfg, "decode_memory_gb", 0.0)
+    need(memory is not None and math.isfinite(memory) and memory >= 0,
+         f"--decode-memory-gb must be finite and >= 0 (0 = 80% of the available memory), got {memory}")
+    nbest = getattr(gen_args, "nbest", 1)
+    need(nbest == 1, f"--nbest {nbest}: nar_translation decoders give one hypothesis per sentence "
+         f"(the best latent-search or length-beam candidate); drop --nbest (--retain-iter-history "
+         f"prints the refinement steps)")
     if bad:
         raise NARConfigError("; ".join(bad))
     parse_step_sizes(getattr(cfg, "score_line_search", None))  # its own line when wrong
@@ -66,7 +78,17 @@ def validate_decoding_options(task, gen_args, decoding):
 
 
 def build_nar_generator(task, models, gen_args):
-    """Pick and configure the generator named by ``--decoding`` for these models."""
+    """Pick and configure the generator named by ``--decoding`` for these models, wrapped in
+    a ``DecodeGuard`` (memory plan, progress, non-finite checks; see ``inference.guard``)."""
+    generator = _build_generator(task, models, gen_args)
+    decoding = task.cfg.decoding if task.cfg.decoding != "auto" else models[0].default_decoding
+    options = ({"score_alpha": task.cfg.score_alpha, "score_line_search": task.cfg.score_line_search}
+               if decoding in ("score", "energy") else {})
+    kind = "refine" if isinstance(generator, AdaptiveRefinementGenerator) else "latent"
+    return DecodeGuard(generator, task, models[0], kind, options)
+
+
+def _build_generator(task, models, gen_args):
     if len(models) != 1:
         raise NARConfigError("nar_translation decoders take exactly one model (no ensembles)")
     model = models[0]

@@ -27,8 +27,9 @@ def parse_step_sizes(text):
     """'0.5,1,2' -> [0.5, 1.0, 2.0]; None or '' -> None. Step sizes must be positive and finite."""
     if text is None or not str(text).strip():
         return None
+    items = [a.strip() for a in str(text).split(",")]
     try:
-        alphas = [float(a) for a in str(text).split(",") if a.strip()]
+        alphas = [float(a) for a in items]  # an empty item ("0.5,,1") is an error too
     except ValueError:
         alphas = []
     if not alphas or not all(math.isfinite(a) and a > 0 for a in alphas):

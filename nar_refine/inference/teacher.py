@@ -3,7 +3,10 @@ candidates of the latent generators, length-beam candidates of refine_nat).
 
 score(x, y) = sum_t log p_AR(y_t | y_<t, x) over y + </s>, by teacher forcing: one batched
 forward pass for all candidates. The teacher must share the task's dictionaries symbol for
-symbol (same ids), which is checked when it is loaded.
+symbol (same ids), which is checked when it is loaded: against the dictionaries recorded in
+the teacher checkpoint when it was trained with the plugin loaded (``nar_refine.dictionaries``),
+and against the dict.*.txt of the data-bin recorded in it while that exists (a teacher without
+a record whose data-bin is gone is refused).
 """
 
 import logging
@@ -13,6 +16,7 @@ import torch
 from fairseq import checkpoint_utils, tasks
 from fairseq.data import data_utils
 
+from nar_refine.dictionaries import FINGERPRINT_KEY, first_difference, recorded_mismatch
 from nar_refine.errors import NARConfigError
 
 logger = logging.getLogger(__name__)
@@ -20,17 +24,7 @@ logger = logging.getLogger(__name__)
 
 def dictionary_mismatch(side, teacher_dict, task_dict):
     """None if the symbol lists are equal, else a sentence that names the first difference."""
-    a, b = list(teacher_dict.symbols), list(task_dict.symbols)
-    if a == b:
-        return None
-    if len(a) != len(b):
-        head = f"{side} dictionary sizes differ: teacher {len(a)}, task {len(b)}"
-    else:
-        head = f"{side} dictionaries have the same size ({len(a)}) but different symbols"
-    for i, (s, t) in enumerate(zip(a, b)):
-        if s != t:
-            return f"{head}; first difference at id {i}: teacher {s!r}, task {t!r}"
-    return f"{head}; the first {min(len(a), len(b))} symbols agree"
+    return first_difference(side, teacher_dict.symbols, task_dict.symbols, ("teacher", "task"))
 
 
 class TeacherScorer:
@@ -62,12 +56,26 @@ class TeacherScorer:
                 f"{'-'.join(pairs[1])}: the teacher's languages (and so its dictionaries) do not "
                 f"match this task's; train the teacher on this task's data-bin")
         data = str(cfg.task.data).split(os.pathsep)[0] if cfg.task.data else ""
-        verified = os.path.isdir(data)
-        if not verified:
-            # dictionaries are not stored in checkpoints; read ours and rely on the size check below
-            logger.warning("teacher %s: its data dir %r is gone, so its dictionaries cannot be "
-                           "compared symbol by symbol; checking sizes only", path, data)
-            cfg.task.data = task.cfg.data
+        record = (state.get("task_state") or {}).get(FINGERPRINT_KEY)
+        if record is not None:  # its dictionaries, recorded when it was trained
+            problem = recorded_mismatch(record, task.source_dictionary, task.target_dictionary,
+                                        ("teacher", "task"))
+            if problem:
+                raise NARConfigError(
+                    f"--teacher-path {path} (trained on {record.get('data') or data}) does not "
+                    f"share this task's dictionaries: {problem}. The teacher must be trained on "
+                    f"data binarized with the same dict.*.txt (fairseq-preprocess "
+                    f"--srcdict/--tgtdict).")
+        if not os.path.isdir(data):
+            if record is not None:  # moved: the record says its dictionaries are ours
+                data = cfg.task.data = task.cfg.data
+            else:
+                raise NARConfigError(
+                    f"--teacher-path {path}: its data-bin {data or '(none recorded)'} is gone and "
+                    f"the checkpoint records no dictionaries (written by nar_refine 0.2.0 or "
+                    f"earlier, or trained without the plugin), so they cannot be checked against "
+                    f"this task's: put the data-bin (its dict.*.txt) back at "
+                    f"{data or 'its path'}, or retrain the teacher with --user-dir nar_refine")
         for key in ("source_lang", "target_lang"):  # else inferred from file names in its data dir
             if getattr(cfg.task, key, None) is None and getattr(task.cfg, key, None) is not None:
                 setattr(cfg.task, key, getattr(task.cfg, key))

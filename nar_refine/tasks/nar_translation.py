@@ -4,7 +4,8 @@ Data loading is fairseq's ``translation`` task unchanged (raw or distilled binar
 targets alike). What this task adds is the choice of decoding algorithm on
 ``fairseq-generate``'s command line (``--decoding``) and the options of each algorithm.
 fairseq's own iterative-decoding flags are reused where they mean the same thing:
-``--iter-decode-max-iter`` (refinement / delta steps), ``--iter-decode-force-max-iter``
+``--iter-decode-max-iter`` (refinement / delta steps, at most 1000, as ``--score-steps``),
+``--iter-decode-force-max-iter``
 (no early stop), ``--iter-decode-with-beam`` (length beam), ``--retain-iter-history`` and
 ``--print-step``.
 
@@ -40,7 +41,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nar_refine import input_checks
+from nar_refine import dictionaries, input_checks, training_checks
 from nar_refine.errors import NARConfigError  # noqa: F401  (re-exported for old imports)
 from nar_refine.inference import build_nar_generator
 
@@ -102,7 +103,17 @@ class NARTranslationConfig(TranslationConfig):
         metadata={"help": "latent search: decode the B x m candidates of a batch in chunks of whole "
                   "sentences with at most this many candidate source tokens (m x source length "
                   "per sentence), so that a large m does not run out of memory; --max-tokens "
-                  "does not see the m copies. 0 = one chunk (>= 0)"},
+                  "does not see the m copies. 0 = one chunk, unless the batch would not fit in "
+                  "memory (see --decode-memory-gb) (>= 0)"},
+    )
+    decode_memory_gb: float = field(
+        default=0.0,
+        metadata={"help": "memory (GB) that decoding one batch may take: the candidates of "
+                  "latent search (B x m) or of the length beam (B x L) are estimated before "
+                  "they are allocated; a batch that needs more is decoded in chunks of whole "
+                  "sentences, and a sentence that alone needs more is refused. 0 = 80% of the "
+                  "memory available when decoding starts (free CUDA memory, or the system's "
+                  "available memory on a CPU) (>= 0)"},
     )
     delta_ascent_check: bool = field(
         default=False,
@@ -125,7 +136,7 @@ class NARTranslationConfig(TranslationConfig):
     )
     score_steps: int = field(
         default=1, metadata={"help": "score/energy inference: number of updates "
-                             "z <- z + alpha*S(z;x) (>= 0; 0 = decode the prior mean)"}
+                             "z <- z + alpha*S(z;x) (0 to 1000; 0 = decode the prior mean)"}
     )
     score_alpha: float = field(
         default=1.0, metadata={"help": "score/energy inference: step size alpha (positive, "
@@ -228,6 +239,7 @@ class NARTranslationTask(TranslationTask):
         depth = getattr(self, "_model_build_depth", 0)
         if depth == 0 and not from_checkpoint:  # training builds a fresh model
             refuse_lone_launched_process()
+            training_checks.before_training(self, cfg)  # options, precision, --save-dir lock
         self._model_build_depth = depth + 1
         try:
             model = FairseqTask.build_model(self, cfg, from_checkpoint)
@@ -263,7 +275,8 @@ class NARTranslationTask(TranslationTask):
         finally:
             self.cfg = task_cfg
         logger.info("validation BLEU decodes with %s, --decoding %s, --eval-bleu-args %s",
-                    type(generator).__name__, decoding_cfg.decoding, task_cfg.eval_bleu_args)
+                    type(getattr(generator, "generator", generator)).__name__,  # in its DecodeGuard
+                    decoding_cfg.decoding, task_cfg.eval_bleu_args)
         return generator
 
     def valid_step(self, sample, model, criterion):
@@ -296,6 +309,23 @@ class NARTranslationTask(TranslationTask):
         if hasattr(criterion, "set_update_num"):
             criterion.set_update_num(update_num)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        training_checks.check_criterion_config(cfg)  # non-finite or negative numbers
+        return super().build_criterion(cfg, from_checkpoint)
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        """fairseq's translation data; a split with empty source lines (or, for training,
+        empty target lines) is refused here, before any decoding or update."""
+        super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+        training_checks.refuse_empty_lines(self, split, self.datasets[split],
+                                           training=getattr(self, "_nar_training", False))
+
+    def load_state_dict(self, state_dict):
+        """The ``task_state`` of a checkpoint being loaded with this task's data: refuse it
+        when the dictionaries recorded in it are not this task's (``nar_refine.dictionaries``)."""
+        dictionaries.check_loaded_checkpoint(self, state_dict)
+        super().load_state_dict(state_dict)
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
                         prefix_allowed_tokens_fn=None):
@@ -363,6 +393,8 @@ class NARTranslationTask(TranslationTask):
             where = (f"input line {number} (S-{number - 1})" if interactive
                      else f"sentence {index} (0-based) of this call")
             words = int((line.ne(d.pad()) & line.ne(d.eos()) & line.ne(d.bos())).sum())
+            if words > 0:  # mostly <unk>: text not segmented as the data-bin (no --bpe?)
+                input_checks.warn_unknown_words(line, d, words, where)
             if words == 0:
                 if not (interactive and number in input_checks.reported_input_lines):
                     user_message("error", f"{where} is empty: a non-autoregressive model cannot "
