@@ -96,6 +96,15 @@ def step_table(histories, texts, refs):
                "tokens": sum(map(len, toks)), "mean_length": sum(map(len, toks)) / max(len(toks), 1)}
         row["token_repeats"] = sum(len(repeat_positions(t)) for t in toks)
         if refs is not None:
+            # are repeats the filling of a too-long output? (a NAT cannot shorten its length)
+            longer = [len(h.split()) > len(r.split()) for h, r in zip(hyp, refs)]
+            counts = [word_repeats(h) for h in hyp]
+            rl = sum(c[0] for c, l in zip(counts, longer) if l)
+            wl = sum(c[1] for c, l in zip(counts, longer) if l)
+            row["longer_than_reference"] = sum(longer) / max(len(longer), 1)
+            row["repeat_rate_longer"] = rl / max(wl, 1)
+            row["repeat_rate_not_longer"] = (rep - rl) / max(words - wl, 1)
+            row["repeats_in_longer"] = rl / max(rep, 1)
             row["bleu"] = round(sacrebleu.corpus_bleu(hyp, [refs], tokenize="13a").score, 2)
         if k > 0:
             prev = [h[k - 1] for h in histories]
@@ -313,7 +322,14 @@ def write_report(a, res):
             L.append(f"| {r['step']} | {r.get('bleu', float('nan')):.2f} | {pct(r['repeat_rate'])} | "
                      f"{pct(r['changed']) if 'changed' in r else ''} | {r.get('repeats_removed', '')} | "
                      f"{r.get('repeats_created', '')} | {r['mean_length']:.2f} |")
-        L += ["", f"Step 0's token repeats that survive to the last step: {pct(res['repeats_surviving'])}.", ""]
+        L += ["", f"Step 0's token repeats that survive to the last step: {pct(res['repeats_surviving'])}."]
+        last = res["steps"][-1]
+        if "repeats_in_longer" in last:
+            L += [f"Last step: {pct(last['longer_than_reference'])} of the outputs have more words than "
+                  f"their reference; their repeat rate is {pct(last['repeat_rate_longer'])}, the others' "
+                  f"{pct(last['repeat_rate_not_longer'])}; {pct(last['repeats_in_longer'])} of all repeats "
+                  f"are in the longer outputs."]
+        L.append("")
     if "injected" in res:
         inj = res["injected"]
         L += [f"## Injected errors at the gold length ({res['inject_subset']} of "

@@ -8,16 +8,20 @@ batch; 4-step delta targets); ``fixed_scale_run`` trains one with u = 1 for comp
 """
 
 import argparse
+import json
 import re
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import USER_DIR, generate, parse_hypotheses, train
+from helpers import USER_DIR, cli, generate, parse_hypotheses, run, train
 
 N_TEST = 60  # sentences in the toy test split
 NAR = ["--task", "nar_translation"]
+REPO = Path(__file__).resolve().parents[1]
 OPTIM = ["--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt",
          "--warmup-updates", "20", "--max-tokens", "2000", "--no-epoch-checkpoints"]
 
@@ -618,3 +622,30 @@ def test_ddp_steps_use_every_trainable_parameter(toy_data, frozen_lanmt, process
         missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, f"{arch}: parameters without gradient: {missing}"
     assert all(p.grad is None for p in model.lanmt.parameters())
+
+
+def test_released_models_load_and_decode_as_trained(toy_data, frozen_lanmt, score_run, tmp_path):
+    """scripts/release_models.py: weights only (no optimizer state), float16, the folder usable
+    as the data directory; a released score network loads the released LaNMT (its fingerprint
+    is the released weights') and decodes as the checkpoints it came from."""
+    out = tmp_path / "models"
+    run([sys.executable, str(REPO / "scripts" / "release_models.py"), "--work", str(tmp_path),
+         "--data-bin", toy_data, "--out", str(out), "--model", f"lanmt={frozen_lanmt}",
+         "--model", f"score_net={score_run[0]}"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["models"]) == {"lanmt", "score_net"}
+    state = torch.load(out / "lanmt.pt", map_location="cpu", weights_only=False)
+    assert state["last_optimizer_state"] is None
+    assert all(v.dtype == torch.float16 for v in state["model"].values() if v.is_floating_point())
+    assert manifest["models"]["lanmt"]["updates"] == state["optimizer_history"][-1]["num_updates"] > 0
+    args = [*NAR, "--decoding", "score", "--score-steps", "1"]
+    before = parse_hypotheses(generate(toy_data, score_run[0], args).stdout)
+    after = parse_hypotheses(generate(toy_data, str(out / "score_net.pt"), args).stdout)
+    same = sum(before[k] == after[k] for k in before)
+    assert len(after) == len(before) and same >= 0.9 * len(before)
+    # the release folder is the data directory of fairseq-interactive
+    src = (Path(toy_data).parent / "raw" / "test.src").read_text().splitlines()[:3]
+    proc = run([cli("fairseq-interactive"), str(out), "--user-dir", USER_DIR, *args, "--path",
+                str(out / "score_net.pt"), "--source-lang", "src", "--target-lang", "tgt"],
+               input="\n".join(src) + "\n")
+    assert [after[i] for i in range(3)] == [parse_hypotheses(proc.stdout)[i] for i in range(3)]

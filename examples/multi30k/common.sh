@@ -126,6 +126,27 @@ if [ "$SMOKE" = 1 ]; then NAT_MODEL_ARGS=(); else NAT_MODEL_ARGS=("${MODEL_ARGS[
 
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
+# One JSON line per training start/end in $1/history.jsonl: event, UTC time, threads, the
+# checkpoint's cumulative updates and training seconds (fairseq's own clock), and the command;
+# what a released model's manifest reports (scripts/release_models.py).
+history_record() {
+  python - "$1" "$2" "$3" "$THREADS" <<'PY' || true
+import json, os, sys, time
+d, event, cmd, threads = sys.argv[1:5]
+rec = {"event": event, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": int(threads)}
+ckpt = os.path.join(d, "checkpoint_last.pt")
+if os.path.exists(ckpt):
+    import torch
+    s = torch.load(ckpt, map_location="cpu", weights_only=False)
+    rec["updates"] = s["optimizer_history"][-1]["num_updates"]
+    rec["train_seconds"] = round((s.get("extra_state") or {}).get("previous_training_time", 0.0), 1)
+if cmd:
+    rec["command"] = cmd
+with open(os.path.join(d, "history.jsonl"), "a") as f:
+    f.write(json.dumps(rec) + "\n")
+PY
+}
+
 # Run fairseq-train into $1 (checkpoint dir) and write a timing/summary file next to it.
 # Resumes from checkpoint_last.pt by itself; skipped when $1/DONE exists.
 train() {
@@ -136,9 +157,11 @@ train() {
   log "fairseq-train -> $dir (log: $WORK/logs/$name.log)"
   echo "fairseq-train $*" > "$dir/command.txt"
   local t0; t0=$(date +%s)
+  history_record "$dir" start "fairseq-train $*"
   fairseq-train "$@" "${TRAIN_GPU_ARGS[@]}" --save-dir "$dir" --user-dir "$USER_DIR" \
     2>&1 | tee -a "$WORK/logs/$name.log"
   local rc=${PIPESTATUS[0]}
+  history_record "$dir" "end rc=$rc" ""
   [ "$rc" = 0 ] || { log "fairseq-train failed (rc=$rc)"; return "$rc"; }
   local t1; t1=$(date +%s)
   {
