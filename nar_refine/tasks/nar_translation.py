@@ -36,6 +36,7 @@ from fairseq import metrics, utils
 from fairseq.data import LanguagePairDataset, encoders
 from fairseq.dataclass import ChoiceEnum
 from fairseq.dataclass.configs import GenerationConfig
+from fairseq.models import ARCH_MODEL_REGISTRY
 from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import DictConfig, OmegaConf
@@ -156,6 +157,14 @@ class NARTranslationConfig(TranslationConfig):
             "recorded in the inference network (e.g. after moving files)"
         },
     )
+    remove_repeats: bool = field(
+        default=False,
+        metadata={
+            "help": "drop every output token equal to the one before it, before detokenisation, "
+            "as the papers' evaluations do (dl4mt-nonauto's --remove_repeats; lanmt always "
+            "does); off by default, so that BLEU measures what the model wrote"
+        },
+    )
     truncate_long_inputs: bool = field(
         default=False,
         metadata={
@@ -241,6 +250,8 @@ class NARTranslationTask(TranslationTask):
             refuse_lone_launched_process()
             training_checks.before_training(self, cfg)  # options, precision, --save-dir lock
         self._model_build_depth = depth + 1
+        if from_checkpoint:  # arguments saved by an older version: build the model it was
+            upgrade_checkpoint_args(cfg)
         try:
             model = FairseqTask.build_model(self, cfg, from_checkpoint)
         finally:
@@ -343,6 +354,8 @@ class NARTranslationTask(TranslationTask):
             )
         with torch.no_grad():
             hypos = self._generate_nonempty(generator, models, sample, empty)
+        if getattr(self.cfg, "remove_repeats", False):
+            hypos = [[remove_repeats(h) for h in nbest] for nbest in hypos]
         # (total refinement steps, sentences), logged by valid_step as decode_steps
         self._decode_steps = (sum(int(h[0].get("steps", 0)) for h in hypos), len(hypos))
         return hypos
@@ -452,6 +465,16 @@ def empty_hypothesis(eos, like):
     """The hypothesis of a line that was not translated: no token, score -inf."""
     return {"tokens": like.new_tensor([eos]), "positional_scores": torch.zeros(1),
             "score": float("-inf"), "alignment": None, "attention": None, "steps": 0}
+
+
+def upgrade_checkpoint_args(cfg):
+    """Let the model class of a checkpoint's architecture fill in arguments that its version
+    did not have (``upgrade_checkpoint_args``), before fairseq applies the architecture's
+    current defaults to them."""
+    model_cls = ARCH_MODEL_REGISTRY.get(getattr(cfg, "arch", None) or getattr(cfg, "_name", None))
+    upgrade = getattr(model_cls, "upgrade_checkpoint_args", None)
+    if upgrade is not None:
+        upgrade(cfg)
 
 
 def user_message(kind, text):
