@@ -45,6 +45,7 @@ from omegaconf.errors import OmegaConfBaseException
 from nar_refine import dictionaries, input_checks, training_checks
 from nar_refine.errors import NARConfigError  # noqa: F401  (re-exported for old imports)
 from nar_refine.inference import build_nar_generator
+from nar_refine.inference.hypotheses import remove_repeats
 
 logger = logging.getLogger(__name__)
 
