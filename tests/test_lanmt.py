@@ -607,3 +607,39 @@ def test_teacher_data_dir_gone_falls_back_to_size_check(lanmt, two_style_teacher
                                           task.target_dictionary.pad())
     scores = scorer(sample["net_input"]["src_tokens"], sample["net_input"]["src_lengths"], tokens)
     assert scores.shape == (tokens.size(0),) and bool((scores <= 0).all())
+
+
+def _max_grad_at_init(data, args):
+    """Largest gradient element of the *summed* loss of one batch (what fairseq's --fp16 scales
+    and backpropagates in half precision) for a freshly built model."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    torch.manual_seed(1)
+    a = options.parse_args_and_arch(options.get_training_parser(),
+                                    [data, "--user-dir", USER_DIR, "--max-tokens", "2000", *args])
+    cfg = convert_namespace_to_omegaconf(a)
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("valid")
+    model, criterion = task.build_model(cfg.model), task.build_criterion(cfg.criterion)
+    sample = next(task.get_batch_iterator(task.dataset("valid"), max_tokens=2000, seed=1)
+                  .next_epoch_itr(shuffle=False))
+    model.train()
+    criterion(model, sample)[0].backward()
+    return max(float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None)
+
+
+def test_fp16_loss_scale_headroom_at_init(toy_data):
+    """fp16 caps the loss scale at 65504 / (largest gradient element of the summed loss). At
+    initialisation LaNMT's must be within 4x of a Transformer's on the same batch (randomly
+    initialised Gaussian heads made it ~50x: a KL of ~16 nats per source position whose
+    gradient is summed over every position)."""
+    size = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "64",
+            "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim",
+            "128", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+            "--share-all-embeddings", "--dropout", "0"]
+    ar = _max_grad_at_init(toy_data, ["--task", "translation", "--arch", "transformer", *size,
+                                      "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"])
+    lanmt = _max_grad_at_init(toy_data, ["--task", "nar_translation", "--arch", "lanmt_tiny", *size,
+                                         "--criterion", "lanmt_elbo"])
+    assert lanmt <= 4 * ar, (lanmt, ar)

@@ -7,7 +7,7 @@
 # Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT, LANMT (checkpoint path),
 #   DELTA_STEPS (k of the target z_k - z, default 4) and NOISE_DRAW (uniform: start points
 #   mu + u * sigma * eps with u ~ U(0,1) per batch; fixed: u = 1), the reference's recipe
-#   (zomux/lanmt-ebm); DELTA_STEPS=1 NOISE_DRAW=fixed is the recipe before issue 8.
+#   (zomux/lanmt-ebm); DELTA_STEPS=1 NOISE_DRAW=fixed is nar_refine 0.1's recipe.
 # Validation starts at the prior mean (where inference starts); checkpoint_best is selected on
 # the score-matching loss there.
 source "$(dirname "$0")/common.sh"

@@ -21,21 +21,9 @@ once ``window`` consecutive steps were stale (a fixed point held ``window`` step
 of length <= ``window`` gone round), and at least ``min_steps`` steps were run. ``window=1``
 is fairseq's rule.
 
-Measured: refine_nat_tiny trained 500 updates on a toy task whose lengths vary (w0-w3 -> two
-words, w4-w7 -> none, other words one, as the fertility corpus of tests/test_refine_nat.py;
-3000 training pairs), 300 test sentences, max_iter 10:
-
-    stopping rule                     exactly right   mean steps
-    fixed 0 / 1 / 2 / 4 / 10 steps    52.0 / 61.3 / 65.7 / 68.3 / 67.0 %
-    window 1 (fairseq's rule)         63.3 %          1.25
-    window 2                          66.0 %          2.43
-    window 3                          68.3 %          3.59
-    window 1, min_steps 3             68.0 %          3.05
-    window 2, min_steps 3 (default)   68.3 %          3.22
-
-Three more models (other length-predictor and positional-attention settings) rank the rules
-the same: window 1 is 3-6.3 points below the best fixed step count; window 2 with min_steps 3
-is within 0.7 points of it, or above, at 3.2-3.4 steps. Default: ``window=2, min_steps=3``.
+Default: ``window=2, min_steps=3``; ``window=1`` (fairseq's rule) stopped 3-6 points below the
+best fixed step count on a toy task, the default within 0.7 points of it or above
+(docs/measurements.md).
 """
 
 import torch

@@ -22,12 +22,8 @@ lowered J (the sentence then stops), so J never falls below the prior mean's. It
 default because the plain chain is no ascent method on J and J is a poor judge of a step: its
 z-step goes to the posterior mean, not to argmax_z J(y, z), its first step leaves the prior
 mean, the maximum of log p(z|x), and log p(y|z,x) sums token log-probs over lengths that change
-between steps, so J penalises a step that lengthens the output (on Multi30k the check undid
-68% of first steps). Measured with tiny models (lanmt_tiny, 250 updates): on the deterministic
-toy task (y a function of x, z unused) the plain chain ends below the prior mean's J for 60/60
-test sentences, with y unchanged in 59; on the two-style toy task of tests/test_lanmt.py it
-raises the mean J (-66.1 -> -65.3) but some step lowers J for 26/60 sentences (mostly the step
-that confirms an unchanged y), and it ends below the prior mean's J for 8/60.
+between steps, so J penalises a step that lengthens the output (toy measurements in
+docs/measurements.md).
 
 Each hypothesis reports, besides fairseq's fields, ``lp_y`` = log p(y|z,x) (sum of the token
 log-probs of the argmax y at the predicted length), ``log_prior`` = log p(z|x), ``objective``

@@ -129,6 +129,15 @@ class LaNMTModel(BaseFairseqModel):
         self.posterior_y_encoder = stack(args.posterior_layers, cross=False, positions=True)
         self.posterior_xy = stack(args.posterior_layers, cross=True, positions=False)
         self.posterior_out = nn.Linear(dim, 2 * self.latent_dim)
+        # Both Gaussian heads start at zero: prior and posterior are then the same N(0, softplus(0)^2)
+        # everywhere, so the KL starts at 0 (under the budget: no KL gradient) and grows as the
+        # decoder learns to use z. From a random start the KL is ~16 nats per position and its
+        # gradient, summed over every source position of a batch, made these two layers' gradient
+        # elements ~50x the Transformer's: fp16 training (which scales the summed loss) then had to
+        # drop its loss scale to single digits. Only the initialisation changes.
+        for head in (self.prior_out, self.posterior_out):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
         # p(y|z,x)
         self.latent_to_hidden = nn.Linear(self.latent_dim, dim)
         self.log_transform_width = nn.Parameter(torch.zeros(()))  # width sigma = exp(.) = 1 at start
@@ -296,7 +305,7 @@ class LaNMTModel(BaseFairseqModel):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         if strict and self.length_embed is not None and "length_embed.weight" not in state_dict:
             raise NARConfigError(
-                "this lanmt checkpoint predates the decoder that reads z at every layer (issue 8): "
+                "this lanmt checkpoint predates the decoder that reads z at every layer (nar_refine 0.1): "
                 "retrain it, or load it as it was built with --model-overrides "
                 "\"{'decoder_latent_skip': False, 'decoder_length_embedding': False}\"")
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)

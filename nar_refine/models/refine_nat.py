@@ -12,16 +12,8 @@ corrupted reference = denoising autoencoder), and whether outputs are argmax or 
 
 Every decoder layer has positional attention (queries and keys: positional encodings; values:
 hidden states), as every configuration of the reference code; ``--no-positional-attention``
-removes it. Measured with refine_nat_tiny (lr 2e-3, 2000-token batches), validation NLL of the
-pure chain (bits/token, pass 0 / pass 3) and test sentences decoded exactly right (4 steps):
-
-    toy task (tests/helpers.write_toy_corpus and variants)   without           with
-    copy, 120 updates                                   0.039 / 0.025, 100%  0.038 / 0.022, 100%
-    copy, neighbouring words swapped, 200 updates       1.22 / 1.79, 16%     0.45 / 0.57, 55%
-    fertility (lengths vary), 500 updates               0.69 / 0.57, 68%     0.85 / 0.75, 65%
-
-It costs one more attention per decoder layer; the large gain where words move (translation
-reorders) decides the default.
+removes it: it costs one more attention per decoder layer and helps most where words move
+(translation reorders; toy measurements in docs/measurements.md).
 """
 
 import math
@@ -179,21 +171,9 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         """p(T | x) from the mean of the source states (``--length-input``).
 
         The reference detaches the predictor's input (``--length-detach-input``) and feeds it the
-        sum of the embedding and encoder layers (``--length-input layers``). Measured on the
-        fertility toy (refine_nat_tiny, 500 updates; validation length accuracy on the
-        deterministic, distilled-like targets / on 'real' targets with a filler word inserted
-        into 30% of sentences; always guessing the most frequent offset: 0.34 / 0.30; test
-        sentences exactly right after 4 steps):
-
-            before issue 8 (encoder trained, length weight 0.1 per token)  0.67 / 0.51  60%
-            detached (the reference)                                        0.58 / 0.46  49%
-            detached, sum of layers (the reference)                         0.68 / 0.52  54%
-            encoder trained, weight 1 per sentence, sum of layers           0.98 / 0.66  59%
-            encoder trained, weight 0.1 per sentence                        0.74 / 0.63  55%
-            encoder trained, weight 1 per sentence (default)                0.99 / 0.68  68%
-
-        Letting the length loss shape the encoder, at the reference's weight, is what makes
-        the length right; 'real' targets cap any predictor near 0.70 here.
+        sum of the embedding and encoder layers (``--length-input layers``). By default the length
+        loss also shapes the encoder, at the reference's weight (1 per sentence): on a toy task that
+        is what made the length right (docs/measurements.md).
         """
         states = enc["layer_sum"] if "layer_sum" in enc else enc["states"]
         states = states.detach() if self.args.length_detach_input else states
