@@ -237,12 +237,15 @@ def test_validation_loss_ignores_the_budget():
 
 
 # -- training -------------------------------------------------------------------------------
-def test_training_lowers_nll_and_kl(lanmt_run):
+def test_training_lowers_nll_and_the_anneal_lowers_kl(lanmt_run):
+    """NLL falls; the KL starts at 0 (zero-initialised Gaussian heads), rises while the budget
+    lets the posterior encode y, and falls again once the budget is annealed to 0."""
     _, log = lanmt_run
     nll, kl, budget = (train_log_values(log, k) for k in ("nll_loss", "kl", "kl_budget"))
     assert len(nll) == len(kl) == 25, log[-3000:]
     assert nll[-1] < nll[0] / 4
-    assert kl[-1] < kl[0] / 4
+    assert kl[0] < 0.1
+    assert kl[-1] < 0.75 * max(kl[:15]), kl
     # the KL budget: 1 during the hold, annealed to 0, then 0
     assert budget[0] == 1 and budget[-1] == 0 and 0 < budget[14] < 1
     for key in ("length_loss", "kl_loss", "length_acc"):
