@@ -2,8 +2,8 @@
 # One-command set-up on a fresh machine (Python 3.11, CPU only).
 # Creates a virtual environment (default: ./.venv, override with VENV=path) holding
 # torch 2.13.0 (CPU build), fairseq 0.12 (the fairseq-fixed build), sacrebleu,
-# sentencepiece, fastBPE + sacremoses (the --bpe fastbpe recipe), matplotlib, pytest, and
-# nar_refine in editable mode.
+# sentencepiece, fastBPE + sacremoses (the --bpe fastbpe recipe), matplotlib, pytest,
+# nar_refine in editable mode, and the optional onnx, onnxruntime and ctranslate2.
 # On a GPU machine, a CUDA build of torch instead: TORCH_INDEX_URL names PyTorch's wheel index
 # for the machine's CUDA (e.g. https://download.pytorch.org/whl/cu130) and TORCH_SPEC the torch
 # release (default torch==2.13.0); e.g.
@@ -42,5 +42,12 @@ if ! "$VENV/bin/python" -c "import fairseq" 2>/dev/null; then
   env -u CUDA_HOME $PIP install -q --no-deps --no-build-isolation "fairseq-fixed==0.12.3.1"
 fi
 $PIP install -q --no-deps --no-build-isolation -e .
+# Optional, each on its own (a package that cannot install is skipped with a note; what needs it
+# says so): ONNX Runtime for decoding over exported passes (scripts/export_onnx.py, --onnx-dir;
+# on a GPU, onnxruntime-gpu instead gives the CUDA provider) and CTranslate2 for the benchmark's
+# rows of the AR teacher as users deploy it.
+for spec in "onnx==1.23.2" "onnxruntime==1.32.0" "ctranslate2==4.8.5"; do
+  $PIP install -q "$spec" || echo "[setup] note: $spec did not install; its features are skipped"
+done
 "$VENV/bin/python" -c "import torch, fairseq, nar_refine; print('[setup] ok: torch', torch.__version__, 'fairseq', fairseq.__version__)"
 echo "[setup] done. Activate with: source $VENV/bin/activate"

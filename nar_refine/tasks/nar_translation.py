@@ -45,6 +45,7 @@ from omegaconf.errors import OmegaConfBaseException
 from nar_refine import dictionaries, input_checks, training_checks
 from nar_refine.errors import NARConfigError  # noqa: F401  (re-exported for old imports)
 from nar_refine.inference import build_nar_generator
+from nar_refine.inference.compiled import with_exported_passes
 from nar_refine.inference.hypotheses import remove_repeats
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,22 @@ class NARTranslationConfig(TranslationConfig):
             "help": "fairseq-interactive / Python API: translate the first tokens of a line "
             "longer than the model's source positions (with a warning naming the line); by "
             "default such a line is reported and answered with an empty hypothesis"
+        },
+    )
+    onnx_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "decode with the model's passes exported to this folder by "
+            "scripts/export_onnx.py (ONNX Runtime), the same decoding algorithm and options; "
+            "refused when they were exported from another checkpoint"
+        },
+    )
+    onnx_provider: ChoiceEnum(["auto", "cpu", "cuda"]) = field(
+        default="auto",
+        metadata={
+            "help": "with --onnx-dir: ONNX Runtime's execution provider, cpu or cuda (the "
+            "onnxruntime-gpu package); auto = cuda when the model is on a GPU and the provider "
+            "is installed, else cpu"
         },
     )
 
@@ -341,7 +358,7 @@ class NARTranslationTask(TranslationTask):
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
                         prefix_allowed_tokens_fn=None):
-        return build_nar_generator(self, models, args)
+        return with_exported_passes(self, models, build_nar_generator(self, models, args))
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         if constraints is not None or prefix_tokens is not None:

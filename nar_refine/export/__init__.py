@@ -1,0 +1,1 @@
+"""Exporting a trained model's decoding passes for other runtimes (``onnx``: ONNX Runtime)."""

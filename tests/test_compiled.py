@@ -1,0 +1,156 @@
+"""Decoding over exported passes (scripts/export_onnx.py, then --onnx-dir): the same tokens as
+the PyTorch path, through fairseq-generate, fairseq-interactive and the Python API.
+
+Tiny models trained for a few dozen updates on the toy corpus, exported once each (refine_nat,
+LaNMT, a score network on that LaNMT); every decoding strategy then runs twice, in PyTorch and
+over the ONNX Runtime passes, on padded batches, and the hypotheses must be the same tokens:
+two through fairseq-generate, the others through the Python API (one process), and
+fairseq-interactive once.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from helpers import (LANMT, NAR, OPTIM, REFINE, REPO, USER_DIR, assert_user_error, cli, generate,
+                     parse_hypotheses, run, train)
+
+pytest.importorskip("onnxruntime")
+
+EXPORT = str(REPO / "scripts" / "export_onnx.py")
+
+
+@pytest.fixture(scope="module")
+def exported(toy_data, ar_teacher, tmp_path_factory):
+    """{family: (checkpoint, export folder)} for refine_nat, lanmt and score_net, and the teacher."""
+    root = tmp_path_factory.mktemp("compiled")
+    ckpts = {}
+    for name, args, updates in (("refine_nat", REFINE, 80), ("lanmt", LANMT, 80)):
+        train(toy_data, str(root / name), args, max_update=updates)
+        ckpts[name] = str(root / name / "checkpoint_last.pt")
+    train(toy_data, str(root / "score_net"),
+          [*NAR, "--arch", "score_net_tiny", "--criterion", "score_matching", "--lanmt-path",
+           ckpts["lanmt"], *OPTIM], max_update=40)
+    ckpts["score_net"] = str(root / "score_net" / "checkpoint_last.pt")
+    out = {}
+    for name, path in ckpts.items():
+        folder = str(root / f"onnx_{name}")
+        proc = run([sys.executable, EXPORT, "--path", path, "--data-bin", toy_data, "--out", folder])
+        assert f"exported {name} to {folder}" in proc.stdout, proc.stdout[-2000:]
+        out[name] = (path, folder)
+    out["teacher"] = ar_teacher
+    return out
+
+
+# through fairseq-generate (padded batches of 32); the other strategies through the Python API
+GENERATE = {
+    "refine_adaptive_beam3_teacher": ("refine_nat", ["--iter-decode-max-iter", "10",
+                                                     "--iter-decode-with-beam", "3", "--teacher-path"]),
+    "score_search3_teacher": ("score_net", ["--decoding", "score", "--latent-search-size", "3",
+                                            "--teacher-path"]),
+}
+API = {
+    "refine_fixed4": ("refine_nat", {"iter_decode_max_iter": 4, "iter_decode_force_max_iter": True}),
+    "delta4": ("lanmt", {"decoding": "delta", "iter_decode_max_iter": 4}),
+    "prior_search4_teacher": ("lanmt", {"decoding": "prior", "latent_search_size": 4, "teacher_path": None}),
+    "score2_line_search": ("score_net", {"decoding": "score", "score_steps": 2,
+                                         "score_line_search": "0.5,1,2"}),
+}
+
+
+def hypotheses_and_scores(stdout):
+    texts = parse_hypotheses(stdout)
+    scores = {}
+    for line in stdout.splitlines():
+        if line.startswith("H-"):
+            key, score, _ = line.split("\t", 2)
+            scores[int(key[2:])] = float(score)
+    return texts, scores
+
+
+@pytest.mark.parametrize("setting", sorted(GENERATE))
+def test_fairseq_generate_gives_the_pytorch_tokens(exported, toy_data, setting):
+    family, args = GENERATE[setting]
+    path, folder = exported[family]
+    args = args + [exported["teacher"], "--task", "nar_translation", "--seed", "3"]
+    eager = generate(toy_data, path, args)
+    compiled = generate(toy_data, path, args + ["--onnx-dir", folder])
+    assert "decoding with the ONNX passes of" in compiled.stderr + compiled.stdout
+    (texts, scores), (texts_c, scores_c) = hypotheses_and_scores(eager.stdout), hypotheses_and_scores(compiled.stdout)
+    assert len(texts) == 60 and texts_c == texts
+    assert max(abs(scores[i] - scores_c[i]) for i in scores) < 1e-3
+
+
+def load(path, toy_data):
+    from nar_refine.hub import from_pretrained
+
+    ckpt_dir, ckpt_file = path.rsplit("/", 1)
+    return from_pretrained(ckpt_dir, ckpt_file, data_name_or_path=toy_data, source_lang="src",
+                           target_lang="tgt")
+
+
+def test_python_api_and_interactive_give_the_pytorch_tokens(exported, toy_data):
+    """Every other strategy through the Python API (one process, the test sentences in
+    batches of 20), and fairseq-interactive once."""
+    from nar_refine.errors import NARConfigError
+
+    sentences = (Path(toy_data).parent / "raw" / "test.src").read_text().splitlines()
+    hubs = {}
+    for setting, (family, options) in sorted(API.items()):
+        path, folder = exported[family]
+        nat = hubs.setdefault(family, load(path, toy_data))
+        options = {k: (exported["teacher"] if k == "teacher_path" else v) for k, v in options.items()}
+        for start in range(0, len(sentences), 20):
+            batch = sentences[start:start + 20]
+            torch.manual_seed(3)  # latent search draws the same noise
+            want = nat.translate(batch, **options)
+            torch.manual_seed(3)
+            got = nat.translate(batch, onnx_dir=folder, **options)
+            assert got == want, setting
+        # an option for one call only: the next call decodes in PyTorch again
+        assert nat.task.cfg.onnx_dir is None
+    with pytest.raises(NARConfigError, match="no manifest.json"):
+        hubs["lanmt"].translate(sentences[:2], onnx_dir=str(REPO / "tests"))
+
+    path, folder = exported["lanmt"]
+    proc = run([cli("fairseq-interactive"), toy_data, "--user-dir", USER_DIR, "--task", "nar_translation",
+                "--source-lang", "src", "--target-lang", "tgt", "--path", path, "--decoding", "delta",
+                "--iter-decode-max-iter", "3", "--num-workers", "0", "--onnx-dir", folder],
+               input="\n".join(sentences[:3]) + "\n")
+    assert list(parse_hypotheses(proc.stdout).values()) == hubs["lanmt"].translate(
+        sentences[:3], decoding="delta", iter_decode_max_iter=3)
+
+
+def test_exports_of_other_parameters_and_missing_runtimes_are_one_line_errors(exported, toy_data):
+    path, folder = exported["refine_nat"]
+    _, lanmt_folder = exported["lanmt"]
+    proc = generate(toy_data, path, ["--task", "nar_translation", "--onnx-dir", lanmt_folder], check=False)
+    assert_user_error(proc, "exported from other parameters than this checkpoint",
+                      "scripts/export_onnx.py")
+    import onnxruntime
+
+    from nar_refine.errors import NARConfigError
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        nat = load(path, toy_data)
+        with pytest.raises(NARConfigError, match="--onnx-provider cuda: .*onnxruntime-gpu"):
+            nat.translate(["w1 w2"], onnx_dir=folder, onnx_provider="cuda")
+
+
+class _FrozenLength(nn.Module):
+    """A method that reads a length with Python's int() outside nar_refine's code."""
+
+    def positions(self, lengths):
+        return torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
+
+
+def test_a_length_the_trace_would_freeze_is_an_export_error(tmp_path):
+    from nar_refine.errors import NARConfigError
+    from nar_refine.export.onnx_passes import export_pass
+
+    with pytest.raises(NARConfigError, match="freeze it to the example's value"):
+        export_pass(_FrozenLength(), "positions", ["lengths"], [], [torch.tensor([3, 2])],
+                    str(tmp_path / "p.onnx"))
