@@ -88,8 +88,15 @@ def slim(state, half, langs=None):
     which holds no binarised data, is a complete data directory."""
     import torch
 
-    model = {k: (v.half() if half and torch.is_tensor(v) and v.is_floating_point() else v)
-             for k, v in state["model"].items()}
+    model, shared = {}, {}
+    for k, v in state["model"].items():
+        if half and torch.is_tensor(v) and v.is_floating_point():
+            # tied weights (shared embeddings) stay one tensor, so the file holds them once
+            key = (v.data_ptr(), v.shape, v.stride())
+            if key not in shared:
+                shared[key] = v.half()
+            v = shared[key]
+        model[k] = v
     last = state["optimizer_history"][-1]
     extra = state.get("extra_state") or {}
     out = {
@@ -135,6 +142,16 @@ def history(work, name):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def last_command(work, name):
+    """The recipe's record of the last training command, when there is no history."""
+    path = Path(work) / "checkpoints" / name / "command.txt"
+    return [relative_command(path.read_text().strip())] if path.exists() else []
+
+
+def relative_command(cmd):
+    return " ".join(relative(w) if w.startswith("/") else w for w in cmd.split())
+
+
 def main(argv=None):
     a = get_parser().parse_args(argv)
     import torch
@@ -172,8 +189,9 @@ def main(argv=None):
         torch.save(released, target)
         last = released["optimizer_history"][-1]
         extra = released["extra_state"]
-        params = sum(v.numel() for k, v in released["model"].items()
-                     if torch.is_tensor(v) and v.is_floating_point() and k != "lanmt_fingerprint")
+        unique = {(v.data_ptr(), v.shape): v for k, v in released["model"].items()
+                  if torch.is_tensor(v) and v.is_floating_point() and k != "lanmt_fingerprint"}
+        params = sum(v.numel() for v in unique.values())
         ccfg = released["cfg"].get("checkpoint") if hasattr(released["cfg"], "get") else None
         runs = history(work, name)
         threads = sorted({r["threads"] for r in runs if "threads" in r})
@@ -190,7 +208,7 @@ def main(argv=None):
             "best_valid": {"metric": ccfg.get("best_checkpoint_metric") if ccfg else None,
                            "value": extra.get("best")},
             "source": relative(str(ckpt.resolve())),
-            "commands": [r["command"] for r in runs if r.get("command")],
+            "commands": [relative_command(r["command"]) for r in runs if r.get("command")] or last_command(work, name),
             "released": time.strftime("%Y-%m-%d", time.gmtime()),
         }
         if name in notes:
