@@ -9,7 +9,9 @@
 #          copies WORK/checkpoints/lanmt/checkpoint_last.pt to WORK/checkpoints/ablation_lanmt_held/
 #   step 2 trains the held copy to END (default KL_HOLD + KL_ANNEAL); the main run must reach END
 #          too (MAX_UPDATE=END train_lanmt.sh), then the diagnostics and the table.
-# Env: KL_HOLD (3000), KL_ANNEAL (1500), END, OUT (table; default WORK/ablation/lanmt_budget.md).
+# Env: KL_HOLD (3000), KL_ANNEAL (1500), END, OUT (table; default WORK/ablation/lanmt_budget.md),
+#   MAIN_CKPT (the main run's checkpoint at END, default its checkpoint_last.pt; keep a copy when
+#   the main run goes on past END).
 source "$(dirname "$0")/common.sh"
 KL_HOLD=${KL_HOLD:-3000}; KL_ANNEAL=${KL_ANNEAL:-1500}
 END=${END:-$((KL_HOLD + KL_ANNEAL))}
@@ -25,12 +27,13 @@ if [ ! -f "$HELD/checkpoint_last.pt" ]; then
 fi
 NAME=ablation_lanmt_held MAX_UPDATE=$END KL_HOLD=1000000 "$EXAMPLE_DIR/train_lanmt.sh" \
   "$([ "$SMOKE" = 1 ] && echo --smoke)" "$WORK" -- --max-tokens 2048 "${EXTRA_ARGS[@]}" > /dev/null
-n=$(updates "$MAIN/checkpoint_last.pt")
-[ "$n" -ge "$END" ] || { log "the main run is at update $n: train it to $END, then rerun this script"; exit 0; }
+MAIN_CKPT=${MAIN_CKPT:-$MAIN/checkpoint_last.pt}
+n=$(updates "$MAIN_CKPT")
+[ "$n" = "$END" ] || { log "$MAIN_CKPT is at update $n: give the main run's checkpoint at $END (MAIN_CKPT=), then rerun this script"; exit 0; }
 for v in main held; do
-  dir=$MAIN; [ $v = held ] && dir=$HELD
+  ckpt=$MAIN_CKPT; [ $v = held ] && ckpt=$HELD/checkpoint_last.pt
   [ -s "$WORK/ablation/lanmt_$v.json" ] && continue
-  python "$REPO_DIR/scripts/refine_diagnostic.py" --path "$dir/checkpoint_last.pt" --data-bin "$BIN" \
+  python "$REPO_DIR/scripts/refine_diagnostic.py" --path "$ckpt" --data-bin "$BIN" \
     --gen-subset valid --ref "$WORK/raw/valid.de" --decoding delta --steps 4 --threads "$THREADS" \
     --out "$WORK/ablation/lanmt_$v" > "$WORK/logs/diagnostic_lanmt_$v.log" 2>&1 || { tail -5 "$WORK/logs/diagnostic_lanmt_$v.log"; exit 1; }
 done

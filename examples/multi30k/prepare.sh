@@ -4,6 +4,8 @@
 #   -> joint sentencepiece unigram (~8000, default) or fastBPE (10k merges on Moses tokens)
 #   -> WORK/bpe/{train,valid,test}.{en,de} -> fairseq-preprocess --joined-dictionary -> WORK/data-bin
 # Usage: prepare.sh [--smoke] [--bpe sentencepiece|fastbpe] [WORKDIR]
+# Env: DICT=FILE binarises with this joined dictionary (e.g. examples/multi30k/models/dict.en.txt)
+# instead of building one from the training data.
 source "$(dirname "$0")/common.sh"
 
 if [ -f "$WORK/bpe_type" ] && [ "$(cat "$WORK/bpe_type")" != "$BPE" ]; then
@@ -87,9 +89,12 @@ fi
 # --- binarise ------------------------------------------------------------------------------
 if [ ! -s "$BIN/dict.$TGT.txt" ] || [ ! -s "$BIN/test.$SRC-$TGT.$TGT.bin" ]; then
   log "fairseq-preprocess --joined-dictionary -> $BIN"
+  # DICT=file: use this joined dictionary (e.g. the released models') instead of building one
+  DICT_ARGS=()
+  [ -n "${DICT:-}" ] && DICT_ARGS=(--srcdict "$DICT")
   fairseq-preprocess --source-lang $SRC --target-lang $TGT \
     --trainpref "$WORK/bpe/train" --validpref "$WORK/bpe/valid" --testpref "$WORK/bpe/test" \
-    --destdir "$BIN" --joined-dictionary --workers 1 \
+    --destdir "$BIN" --joined-dictionary --workers 1 "${DICT_ARGS[@]}" \
     > "$WORK/logs/preprocess.log" 2>&1 || { tail -20 "$WORK/logs/preprocess.log"; exit 1; }
 fi
 log "prepare done: $BIN ($(wc -l < "$BIN/dict.$TGT.txt") joined dictionary entries)"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The results table from the released models (examples/multi30k/models/), no training: prepares
+# the data (prepare.sh: raw copies, the released sentencepiece model's pieces, fairseq-preprocess
+# with the released dictionaries; ~15 s), then runs scripts/benchmark.py on every released model:
+# test2016 BLEU (the same hypotheses as the committed table), batch-1 latency and batched
+# throughput on this machine, and the blind test sets translated by every system.
+# Usage: benchmark_released.sh [WORKDIR] [-- extra benchmark.py args]
+#   writes WORKDIR/benchmark-released/ (default WORKDIR examples/multi30k/work-released);
+#   OUT=DIR writes elsewhere (the committed table: OUT=$PWD/examples/multi30k/results).
+# Env: THREADS (default 1), MODELS (default examples/multi30k/models), BLIND (the blind sets'
+# folder, default ../shared/data/multi30k-blind; none skips them).
+set -euo pipefail
+D="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$D/../.." && pwd)"
+MODELS=${MODELS:-$D/models}
+WORK_ARG=""; EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in --) shift; EXTRA=("$@"); break ;; *) WORK_ARG="$1" ;; esac; shift
+done
+WORK=${WORK_ARG:-$D/work-released}
+mkdir -p "$WORK/spm" "$WORK/logs"
+# the released sentencepiece model and dictionary (prepare.sh's DICT=), so the data matches the
+# models exactly
+cp "$MODELS/spm.model" "$WORK/spm/spm.model"
+if [ ! -s "$WORK/data-bin/test.en-de.de.bin" ]; then
+  DICT="$MODELS/dict.en.txt" "$D/prepare.sh" "$WORK" > "$WORK/logs/prepare.out" 2>&1 \
+    || { tail -5 "$WORK/logs/prepare.out"; exit 1; }
+fi
+ARGS=(--work "$WORK" --threads "${THREADS:-1}" --out "${OUT:-$WORK/benchmark-released}")
+for m in teacher cmlm refine_nat lanmt score_net energy_net; do
+  [ -f "$MODELS/$m.pt" ] && ARGS+=("--${m//_/-}" "$MODELS/$m.pt")
+done
+cd "$REPO"
+python scripts/benchmark.py "${ARGS[@]}" "${EXTRA[@]}"
+BLIND=${BLIND:-$REPO/../shared/data/multi30k-blind}
+if [ "$BLIND" != none ] && [ -d "$BLIND" ]; then
+  python scripts/benchmark.py "${ARGS[@]}" "${EXTRA[@]}" --translate-only --translate-dir "$BLIND"
+fi
