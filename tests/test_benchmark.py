@@ -6,6 +6,7 @@ one process on a dozen test sentences and must fill every row, write results.md/
 three plots. The models are untrained (scores near 0): this checks the plumbing, not the numbers.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -73,6 +74,7 @@ def work(toy_data, ar_teacher, tmp_path_factory):
 
 def test_every_system_is_measured(work, toy_data):
     proc = run(toy_args(toy_data, work) + ["--search-sizes", "2,3", "--score-search-sizes", "3",
+                                           "--onnx", "refine_nat.fixed0,lanmt.delta1,score.steps1",
                                            "--require-all"], timeout=900)
     out = work / "results"
     res = json.loads((out / "results.json").read_text())
@@ -82,18 +84,40 @@ def test_every_system_is_measured(work, toy_data):
                 "refine_nat.beam3", "refine_nat.beam3.teacher",
                 "lanmt.prior", "lanmt.delta1", "lanmt.delta2", "lanmt.delta4", "lanmt.delta1.ascent",
                 "lanmt.delta2.ascent", "lanmt.delta4.ascent", "lanmt.search2", "lanmt.search3", "score.steps1", "score.search3", "energy.steps1"}
-    assert set(rows) == expected
+    # the teacher as CTranslate2 serves it, and compiled twins of the systems --onnx names
+    ct2 = {f"ct2.{q}.beam{b}" for q in ("float32", "int8") for b in (1, 5)}
+    twins = {"refine_nat.fixed0.onnx", "lanmt.delta1.onnx", "score.steps1.onnx"}
+    assert set(rows) == expected | ct2 | twins
+    have_ct2 = importlib.util.find_spec("ctranslate2") is not None
+    for key in ct2 if not have_ct2 else ():  # an optional dependency: rows say why they are empty
+        assert rows[key]["status"].startswith("skipped: ctranslate2 is not installed")
     for key, r in rows.items():
+        if key in ct2 and not have_ct2:
+            continue
         assert r["status"] == "ok", (key, r["status"], proc.stdout[-3000:])
         assert r["test_sentences"] == 12 and r["latency_sentences"] == 4 and len(r["latencies_ms"]) == 4
         assert r["latency_ms_median"] > 0 and r["throughput_sent_per_s"] > 0
         assert 0 <= r["bleu"] <= 100 and 0 <= r["bleu_papers"] <= 100
         assert "tok:13a" in r["bleu_signature"]
-        assert r["speedup_vs_ar_beam5"] > 0
+        assert r["speedup_vs_ar_beam5"] > 0 and r["speedup_vs_fastest_ar"] > 0
         hyps = (out / "hyps" / f"{key}.txt").read_text().splitlines()
         assert len(hyps) == 12
-        assert r["fairseq_generate"].startswith("fairseq-generate ")
+        assert r["fairseq_generate"].startswith("ct2-fairseq-converter " if key in ct2 else "fairseq-generate ")
     assert rows["ar.beam5"]["speedup_vs_ar_beam5"] == 1.0
+    fastest = min((rows[k] for k in rows if rows[k]["family"] in ("AR", "CTranslate2") and
+                   rows[k]["status"] == "ok"), key=lambda r: r["latency_ms_median"])
+    assert res["fastest_ar"] == fastest["key"] and fastest["speedup_vs_fastest_ar"] == 1.0
+    # a compiled twin decodes the same tokens as its system, over its exported passes
+    for twin in twins:
+        base = twin[: -len(".onnx")]
+        assert "--onnx-dir" in rows[twin]["fairseq_generate"]
+        assert (out / "hyps" / f"{twin}.txt").read_text() == (out / "hyps" / f"{base}.txt").read_text()
+        assert rows[twin]["bleu"] == rows[base]["bleu"]
+    assert (work / "onnx" / "refine_nat" / "manifest.json").is_file()
+    if have_ct2:
+        assert (work / "ct2" / "teacher-int8" / "model.bin").is_file()
+        assert "| AR Transformer, CTranslate2 int8, beam 5 |" in (out / "results.md").read_text()
+    assert any(t.startswith("one NAT pass (refine_nat decoder 1 or LaNMT prior) <= 1.5 ms") for t in res["targets"])
     # fixed refinement runs exactly its steps; CMLM reports iterations (decoder passes)
     assert rows["refine_nat.fixed4"]["mean_steps"] == 4 and rows["refine_nat.fixed0"]["mean_steps"] == 0
     # the results' targets are checked on the rows (each line ends MET or NOT MET)

@@ -154,3 +154,55 @@ def test_a_length_the_trace_would_freeze_is_an_export_error(tmp_path):
     with pytest.raises(NARConfigError, match="freeze it to the example's value"):
         export_pass(_FrozenLength(), "positions", ["lengths"], [], [torch.tensor([3, 2])],
                     str(tmp_path / "p.onnx"))
+
+
+def test_ctranslate2_teacher_scores_as_the_pytorch_teacher(exported, toy_data, tmp_path):
+    """--teacher-path naming a folder of ct2-fairseq-converter: the same sums of log-probs as
+    the fairseq teacher, and so the same latent-search choices, with the passes compiled."""
+    pytest.importorskip("ctranslate2")
+    from fairseq import tasks
+
+    from nar_refine.errors import NARConfigError
+    from nar_refine.inference.teacher import TeacherScorer
+
+    folder = tmp_path / "teacher_ct2"
+    run([cli("ct2-fairseq-converter"), "--model_path", exported["teacher"], "--data_dir", toy_data,
+         "--source_lang", "src", "--target_lang", "tgt", "--output_dir", folder,
+         "--unsafe_deserialization"])
+    path, onnx_folder = exported["score_net"]
+    nat = load(path, toy_data)
+    task = nat.task
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(4, len(task.source_dictionary), (3, 6), generator=g)
+    src[:, -1], src[2, 3:] = task.source_dictionary.eos(), task.source_dictionary.pad()
+    src[2, 2] = task.source_dictionary.eos()
+    cand = torch.randint(4, len(task.target_dictionary), (6, 5), generator=g)
+    cand[1, 2:] = task.target_dictionary.pad()
+    rows = torch.tensor([0, 0, 1, 1, 2, 2])
+    want = TeacherScorer.from_path(exported["teacher"], task)(src, None, cand, rows=rows)
+    got = TeacherScorer.from_path(str(folder), task)(src, None, cand, rows=rows)
+    assert torch.allclose(got, want, atol=1e-4), (got, want)
+
+    # latent search over the compiled passes: the same choices as with the fairseq teacher
+    # (generators built first: loading a fairseq teacher draws from torch's generator)
+    from omegaconf import open_dict
+
+    with open_dict(task.cfg):
+        task.cfg.decoding, task.cfg.latent_search_size = "score", 3
+        task.cfg.teacher_path = exported["teacher"]
+        eager = task.build_generator(nat.models, nat.cfg.generation)
+        task.cfg.teacher_path, task.cfg.onnx_dir = str(folder), onnx_folder
+        fast = task.build_generator(nat.models, nat.cfg.generation)
+    task.load_dataset("test")
+    data = task.dataset("test")
+    sample = data.collater([data[i] for i in range(20)])
+    out = []
+    for gen in (eager, fast):
+        torch.manual_seed(3)
+        out.append([h[0]["tokens"].tolist() for h in task.inference_step(gen, nat.models, sample)])
+    assert out[1] == out[0]
+    # a conversion made on other dictionaries is refused
+    other = tasks.setup_task(task.cfg)
+    other.src_dict.add_symbol("extra")
+    with pytest.raises(NARConfigError, match="source dictionary sizes differ: teacher 56, task 57"):
+        TeacherScorer.from_path(str(folder), other)

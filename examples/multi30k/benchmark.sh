@@ -11,15 +11,20 @@
 #           then the blind test sets (sources only, BLIND=../shared/data/multi30k-blind) translated
 #           by every system: OUT/blind/SET/SYSTEM.de + OUT/blind/translations.{md,json}
 #           (benchmark.py --translate-only; nothing scored, nothing tuned; BLIND=none skips it)
-# Env: THREADS (torch threads, default 1), BLIND_THREADS (for the blind sets, default 2), OUT.
+# Env: THREADS (torch threads, default 1), BLIND_THREADS (for the blind sets, default 2), OUT,
+#      ONNX (systems that also run compiled, benchmark.py --onnx; ONNX= for none).
+# The AR teacher also runs as CTranslate2 serves it (float32/int8, beam 1/5; converted into
+# WORK/ct2/), rows skipped when ctranslate2 is not installed.
 # Extra args e.g. -- --latency-sentences 100 --require-all --systems 'ar.*,score.*'
 # Only the blind sets of some systems (e.g. a retrained model), keeping the others' entries:
 #   python scripts/benchmark.py --translate-only --translate-dir ../shared/data/multi30k-blind \
 #     --systems 'refine_nat.*' --threads 2 --out examples/multi30k/results
 source "$(dirname "$0")/common.sh"
+# the systems that also run compiled (twin rows KEY.onnx: passes exported to WORK/onnx/, ONNX Runtime)
+ONNX=${ONNX-refine_nat.fixed0,refine_nat.adaptive*,lanmt.prior,lanmt.delta1,lanmt.delta4,lanmt.search10,score.*}
 # a GPU run has its own folder, so it never mixes with (or overwrites) a CPU table
 if [ "$GPU" = 1 ]; then OUT=${OUT:-$WORK/benchmark-gpu}; else OUT=${OUT:-$WORK/benchmark}; fi
-ARGS=(--work "$WORK" --threads "$THREADS" --out "$OUT")
+ARGS=(--work "$WORK" --threads "$THREADS" --out "$OUT" --onnx "$ONNX")
 [ "$SMOKE" = 1 ] && ARGS+=(--smoke)
 [ "$CUDA" = 1 ] && ARGS+=(--cuda)
 log "python scripts/benchmark.py ${ARGS[*]} ${EXTRA_ARGS[*]}"

@@ -163,7 +163,10 @@ class CompiledModel:
 
     @property
     def exported(self):
-        return sorted(self.__dict__["_passes"])
+        """Names of the methods that ONNX Runtime answers (``lanmt.``: its LaNMT's)."""
+        inner = self.__dict__.get("lanmt")
+        return sorted(self.__dict__["_passes"]) + (
+            [f"lanmt.{name}" for name in inner.exported] if inner is not None else [])
 
 
 def compiled_model(model, folder, provider="auto"):

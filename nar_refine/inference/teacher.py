@@ -18,6 +18,7 @@ from fairseq.data import data_utils
 
 from nar_refine.dictionaries import FINGERPRINT_KEY, first_difference, recorded_mismatch
 from nar_refine.errors import NARConfigError
+from nar_refine.inference.ct2_teacher import CTranslate2TeacherScorer, is_ctranslate2_model
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,10 @@ class TeacherScorer:
 
     @classmethod
     def from_path(cls, path, task, like=None):
-        """Load the teacher checkpoint; refuse it unless its dictionaries equal ``task``'s."""
+        """Load the teacher checkpoint; refuse it unless its dictionaries equal ``task``'s.
+        A folder made by ``ct2-fairseq-converter`` is the teacher served by CTranslate2."""
+        if is_ctranslate2_model(path):
+            return CTranslate2TeacherScorer.from_dir(path, task, like=like)
         if not os.path.isfile(path):
             raise NARConfigError(f"--teacher-path {path}: no such checkpoint file")
         state = checkpoint_utils.load_checkpoint_to_cpu(path)

@@ -134,7 +134,8 @@ class NARTranslationConfig(TranslationConfig):
             "candidates by the sum of its token log-probabilities: latent-search candidates "
             "(without it they are scored by the NAT's own log p(y|z,x)), and with --decoding "
             "refine the length-beam candidates of --iter-decode-with-beam L > 1 (without it "
-            "refine_nat ranks them itself)"
+            "refine_nat ranks them itself); or a folder made by ct2-fairseq-converter from such "
+            "a model, which CTranslate2 then runs"
         },
     )
     score_steps: int = field(

@@ -2,6 +2,7 @@
 results.md, the plots and a summary; or only --replot, or only --translate-only."""
 
 import datetime
+import importlib.util
 import json
 import logging
 import os
@@ -12,14 +13,14 @@ import traceback
 import warnings
 from pathlib import Path
 
-from bench import relative
+from bench import ct2, relative
 from bench.extra import ExtraSets, translate_only
 from bench.options import command_line, get_parser, path_settings, resolve_paths
 from bench.plots import make_plots
 from bench.report import checkpoint_info, fmt, print_summary, read_notes, write_hypotheses, write_markdown
 from bench.runner import Bench, load_evaluate_module, machine_info
 from bench.scoring import add_speedups, bleu_scores, cmlm_frontier_check, targets
-from bench.systems import build_systems, missing_checkpoints, select_systems
+from bench.systems import System, build_systems, missing_checkpoints, select_systems
 
 logger = logging.getLogger("benchmark")
 
@@ -53,20 +54,29 @@ def measure(bench, system, decode, refs, extra, out, ckpts, progress):
     row = {"key": system.key, "name": system.name, "family": system.family,
            "checkpoint": relative(ckpts[system.ckpt]), "needs": system.needs, "series": system.series,
            "passes": system.passes, "primary": system.primary,
-           "fairseq_generate": "fairseq-generate " + " ".join(
-               shlex.quote(relative(x) if os.path.isabs(x) else x) for x in bench.generate_args(system))
-           + "   # batch-1 latency: --batch-size 1"}
+           "fairseq_generate": equivalent_command(bench, system, ckpts)}
     absent = missing_checkpoints(system, ckpts)
     if absent:
         row["status"] = "missing checkpoint: " + ", ".join(relative(p) for p in absent)
         logger.warning("%s %s: %s", progress, system.key, row["status"])
         return row
+    skipped = optional_dependency_missing(system)
+    if skipped:
+        row["status"] = skipped
+        logger.warning("%s %s: %s", progress, system.key, row["status"])
+        return row
     logger.info("%s %s: %s", progress, system.key, system.name)
     try:
-        timings, raw, built = bench.run(system)
+        if system.engine == "ctranslate2":  # its test set read by the fairseq teacher's task
+            reference = System("ar.reference", "", "AR", system.ckpt, ["--task", "translation"] + system.args)
+            timings, raw, built = ct2.run(bench, system, reference)
+        else:
+            if system.ct2_teacher:  # its --teacher-path is the converted teacher
+                ct2.converted_model(bench.a, ckpts["teacher"], system.ct2_teacher)
+            timings, raw, built = bench.run(system)
         scores, cased = bleu_scores(raw, refs[:len(raw)], decode)
         write_hypotheses(out, system.key, cased)
-        translated = extra.translate(bench, system, built, decode)
+        translated = extra.translate(bench, system, built, decode) if built is not None else {}
         row.update({"translated": translated, "status": "ok", **scores, **timings})
         logger.info("%s %s: BLEU %.2f (papers' %.2f) | batch-1 latency %.1f ms (median of %d) | "
                     "%.1f sent/s batched | mean steps %s", progress, system.key, row["bleu"],
@@ -76,6 +86,32 @@ def measure(bench, system, decode, refs, extra, out, ckpts, progress):
         logger.error("%s %s failed:\n%s", progress, system.key, traceback.format_exc())
         row["status"] = f"error: {type(err).__name__}: {err}".replace("\n", " ")[:300]
     return row
+
+
+def optional_dependency_missing(system):
+    """A "skipped: ..." status when the row needs an optional package that is not installed
+    (scripts/setup.sh installs them when it can), else None."""
+    if system.engine == "ctranslate2" and not ct2.available():
+        return ct2.SKIPPED
+    if "--onnx-dir" in system.args and importlib.util.find_spec("onnxruntime") is None:
+        return ("skipped: onnxruntime is not installed (pip install onnx onnxruntime; "
+                "scripts/setup.sh installs them)")
+    return None
+
+
+def equivalent_command(bench, system, ckpts):
+    """The command line that builds the system outside the benchmark (results.md lists them)."""
+    if system.engine == "ctranslate2":
+        a = bench.a
+        out = os.path.join(a.ct2_dir, f"teacher-{system.quantization}")
+        return (f"ct2-fairseq-converter --model_path {relative(ckpts[system.ckpt])} --data_dir "
+                f"{relative(a.data_bin)} --source_lang {a.source_lang} --target_lang {a.target_lang} "
+                f"--quantization {system.quantization} --unsafe_deserialization --output_dir "
+                f"{relative(out)}   # then ctranslate2.Translator(OUTPUT_DIR, intra_threads="
+                f"{a.threads}).translate_batch(subword tokens, beam_size={system.beam})")
+    return ("fairseq-generate " + " ".join(shlex.quote(relative(x) if os.path.isabs(x) else x)
+                                           for x in bench.generate_args(system))
+            + "   # batch-1 latency: --batch-size 1")
 
 
 def main(argv=None, description=None):
@@ -113,14 +149,15 @@ def main(argv=None, description=None):
         sys.exit("--translate-only: give --translate FILE or --translate-dir DIR")
     systems = select_systems(build_systems(a, ckpts), a.systems)
     bench = Bench(a, ckpts)
-    if a.translate_only:
+    if a.translate_only:  # the extra files through fairseq's generators (CTranslate2 rows: not)
+        systems = [s for s in systems if s.engine == "fairseq"]
         return translate_only(a, bench, systems, extra, decode, command, machine, t_start)
     rows = [measure(bench, s, decode, refs, extra, a.out, ckpts, f"[{i}/{len(systems)}]")
             for i, s in enumerate(systems, 1)]
     n_missing = sum(r["status"].startswith("missing checkpoint") for r in rows)
     n_error = sum(r["status"].startswith("error") for r in rows)
 
-    add_speedups(rows)
+    fastest_ar = add_speedups(rows)
     cmlm_frontier_check(rows)
     target_lines = targets(rows)
     plots = make_plots(a.out, rows, a.length_bin)
@@ -134,6 +171,7 @@ def main(argv=None, description=None):
         "settings": path_settings(a),
         "checkpoints": checkpoint_info(ckpts),
         "translated_sets": extra.sets,
+        "fastest_ar": fastest_ar,
     }
     write_markdown(Path(a.out) / "results.md", meta, rows, target_lines, plots, notes=read_notes(a))
     with open(Path(a.out) / "results.json", "w") as f:

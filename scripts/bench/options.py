@@ -9,9 +9,10 @@ from bench.systems import CHECKPOINTS
 
 # options whose value is a path: written relative to the repository in the recorded command
 PATH_OPTIONS = {"--work", "--out", "--data-bin", "--ref", "--translate", "--translate-dir", "--notes",
+                "--ct2-dir", "--onnx-root",
                 *(f"--{name.replace('_', '-')}" for name in CHECKPOINTS)}
 # the same as settings (argparse dests) in results.json
-PATH_SETTINGS = {"work", "out", "data_bin", "ref", "translate", "translate_dir", "notes",
+PATH_SETTINGS = {"work", "out", "data_bin", "ref", "translate", "translate_dir", "notes", "ct2_dir", "onnx_root",
                  *(f"ckpt_{name}" for name in CHECKPOINTS)}
 
 
@@ -76,6 +77,18 @@ def get_parser(description=None):
     p.add_argument("--ar-beams", type=int_list, default=[1, 5])
     p.add_argument("--ar-max-len-a", type=float, default=None, help="fairseq --max-len-a for the AR systems")
     p.add_argument("--ar-max-len-b", type=int, default=None, help="fairseq --max-len-b for the AR systems")
+    p.add_argument("--ct2-beams", type=int_list, default=[1, 5],
+                   help="the AR teacher served by CTranslate2: beam sizes (empty: no CTranslate2 rows)")
+    p.add_argument("--ct2-quantizations", type=lambda t: [x for x in t.split(",") if x.strip()],
+                   default=["float32", "int8"],
+                   help="CTranslate2 weight types, each a conversion of the teacher (default float32,int8)")
+    p.add_argument("--ct2-dir", help="where the converted teachers go (default WORK/ct2)")
+    p.add_argument("--onnx", metavar="PATTERNS", default="",
+                   help="comma-separated glob patterns of nar_refine system ids that also run compiled: "
+                        "a twin row KEY.onnx decodes over the model's passes exported to ONNX (ONNX "
+                        "Runtime, --onnx-dir), e.g. 'refine_nat.*,lanmt.prior,score.*' (default none)")
+    p.add_argument("--onnx-root", help="where the exported passes go, one folder per checkpoint "
+                                       "(default WORK/onnx)")
     p.add_argument("--cmlm-iters", type=int_list, default=[1, 4, 10],
                    help="CMLM mask-predict iterations = decoder passes (fairseq --iter-decode-max-iter N-1)")
     p.add_argument("--cmlm-length-beam", type=int, default=1, help="CMLM --iter-decode-with-beam")
@@ -108,6 +121,10 @@ def resolve_paths(a):
         a.out = str(work / ("benchmark-gpu" if a.cuda else "benchmark"))
     if a.data_bin is None:
         a.data_bin = str(work / "data-bin")
+    if a.ct2_dir is None:
+        a.ct2_dir = str(work / "ct2")
+    if a.onnx_root is None:
+        a.onnx_root = str(work / "onnx")
     if a.ref is None:
         a.ref = str(work / "raw" / f"{a.gen_subset}.{a.target_lang}")
     if a.bpe is None:

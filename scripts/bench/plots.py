@@ -3,7 +3,8 @@ vs batch-1 latency with the CMLM frontier."""
 
 from pathlib import Path
 
-FAMILY_STYLE = {"AR": ("black", "s"), "CMLM": ("tab:gray", "D"), "refine_nat": ("tab:blue", "o"),
+FAMILY_STYLE = {"AR": ("black", "s"), "CTranslate2": ("tab:brown", "v"), "CMLM": ("tab:gray", "D"),
+                "refine_nat": ("tab:blue", "o"),
                 "LaNMT": ("tab:green", "^"), "score": ("tab:red", "*"), "energy": ("tab:purple", "P")}
 
 
@@ -31,7 +32,7 @@ def make_plots(out, rows, length_bin):
         xs = sorted(set(bins.tolist()))
         med = [float(np.median(lat[bins == b])) for b in xs]
         marker = FAMILY_STYLE.get(r["family"], ("tab:orange", "x"))[1]
-        ls = "-" if r["family"] == "AR" else "--"
+        ls = "-" if r["family"] in ("AR", "CTranslate2") else "--"
         ax.plot([b + length_bin / 2 for b in xs], med, ls, marker=marker, color=colors[n % len(colors)],
                 label=r["name"], ms=5)
     ax.set_xlabel(f"source length (subword tokens; median per bin of {length_bin})")

@@ -62,18 +62,21 @@ def write_markdown(path, meta, rows, target_lines, plots, notes=None):
     L.append(f"Total wall time: {meta['wall_seconds']:.0f} s\n")
     L.append("Command:\n")
     L.append("```\n" + meta["command"] + "\n```\n")
+    fastest = meta.get("fastest_ar")
     L.append("| system | BLEU (cased, 13a) | papers' BLEU (lc, dedup) | latency b=1 (ms, median) "
-             "| speed-up vs AR beam 5 | throughput (sent/s) | mean steps | params (M) | ≥ CMLM frontier |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+             f"| speed-up vs AR beam 5 | speed-up vs fastest AR{f' ({fastest})' if fastest else ''} "
+             "| throughput (sent/s) | mean steps | params (M) | ≥ CMLM frontier |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
     for r in rows:
         if r["status"] != "ok":
-            L.append(f"| {r['name']} | {r['status']} | | | | | | | |")
+            L.append(f"| {r['name']} | {r['status']} | | | | | | | | |")
             continue
         front = {True: "yes", False: "**no**"}.get(r.get("at_or_above_cmlm_frontier"), "")
         params = r["params"] / 1e6
         extra = " + teacher" if "teacher" in r["needs"] else ""
         L.append(f"| {r['name']} | {r['bleu']:.2f} | {r['bleu_papers']:.2f} | {r['latency_ms_median']:.1f} "
-                 f"| {fmt(r.get('speedup_vs_ar_beam5'), 2)}x | {fmt(r['throughput_sent_per_s'])} "
+                 f"| {fmt(r.get('speedup_vs_ar_beam5'), 2)}x | {fmt(r.get('speedup_vs_fastest_ar'), 2)}x "
+                 f"| {fmt(r['throughput_sent_per_s'])} "
                  f"| {fmt(r['mean_steps'], 2)} | {params:.2f}{extra} | {front} |")
     L.append("")
     L.append("* BLEU (cased, 13a): sacreBLEU on detokenised cased output against the raw reference, "
@@ -88,7 +91,12 @@ def write_markdown(path, meta, rows, target_lines, plots, notes=None):
              "(adaptive stopping; CMLM: iterations, i.e. fairseq's 0-based step + 1).")
     L.append("* ≥ CMLM frontier: BLEU at least the best CMLM BLEU among CMLM settings that are no "
              "slower at batch 1.")
-    L.append("* Latent search candidates are rescored by the AR teacher (its parameters not counted).\n")
+    L.append("* Latent search candidates are rescored by the AR teacher (its parameters not counted).")
+    L.append("* Speed-ups: ratios of median batch-1 latencies, against fairseq's AR beam 5 and against "
+             "the fastest autoregressive row (fairseq or CTranslate2, any beam). CTranslate2 rows: the "
+             "teacher converted by ct2-fairseq-converter (float32 or int8 weights), timed on the same "
+             "sentences and threads; rows named 'compiled' decode with the model's passes exported to "
+             "ONNX (scripts/export_onnx.py, --onnx-dir) and run by ONNX Runtime.\n")
     if meta.get("translated_sets"):
         L.append("## Extra source files (no references here, not scored)\n")
         L.append("Segmented with the pipeline's subword model, binarised with the data-bin's dictionary, "

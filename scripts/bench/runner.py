@@ -130,6 +130,10 @@ class Bench:
             task.load_dataset(cfg.dataset.gen_subset, task_cfg=saved_cfg.task)
             self.datasets[cfg.task._name] = task.dataset(cfg.dataset.gen_subset)
         dataset = self.datasets[cfg.task._name]
+        if getattr(cfg.task, "onnx_dir", None):  # compiled twins: export once per checkpoint
+            from nar_refine.export.onnx_passes import export_if_stale
+
+            export_if_stale(models[0], cfg.task.onnx_dir)
         generator = task.build_generator(models, cfg.generation)
         return Built(cfg, task, models, generator, dataset)
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from bench import ct2
+
 # checkpoint folder names of the Multi30k pipeline (WORK/checkpoints/NAME/checkpoint_best.pt)
 CHECKPOINTS = ["teacher", "cmlm", "refine_nat", "lanmt", "score_net", "energy_net"]
 
@@ -21,6 +23,13 @@ class System:
     series: Optional[str] = None   # BLEU-vs-steps series
     passes: Optional[int] = None   # decoder passes (max) for that plot
     primary: bool = False          # drawn in the latency-vs-length plot
+    engine: str = "fairseq"        # fairseq (task.inference_step) or ctranslate2 (bench/ct2.py)
+    beam: int = 1                  # CTranslate2 rows: beam size
+    quantization: str = "float32"  # CTranslate2 rows: weight type of the converted model
+    ct2_teacher: Optional[str] = None  # --teacher-path is the teacher converted to this weight type
+
+
+AR_FAMILIES = ("AR", "CTranslate2")  # autoregressive rows: fairseq's beam search, CTranslate2
 
 
 def build_systems(a, ckpts):
@@ -35,6 +44,12 @@ def build_systems(a, ckpts):
     for b in a.ar_beams:
         out.append(System(f"ar.beam{b}", f"AR Transformer, beam {b}", "AR", "teacher",
                           ["--task", "translation", "--beam", str(b)] + ar_len, primary=True))
+    for q in a.ct2_quantizations:  # the same teacher as CTranslate2 serves it
+        for b in a.ct2_beams:
+            out.append(System(f"ct2.{q}.beam{b}", f"AR Transformer, CTranslate2 {q}, beam {b}",
+                              "CTranslate2", "teacher", ["--beam", str(b)] + ar_len,
+                              primary=b == max(a.ct2_beams), engine="ctranslate2", beam=b,
+                              quantization=q))
     for n in a.cmlm_iters:
         lb = f", length beam {a.cmlm_length_beam}" if a.cmlm_length_beam > 1 else ""
         out.append(System(f"cmlm.iter{n}", f"CMLM (fairseq), {n} iteration{'s' * (n > 1)}{lb}", "CMLM", "cmlm",
@@ -91,13 +106,40 @@ def build_systems(a, ckpts):
                            "--teacher-path", teacher], needs=["teacher"], primary=m == max(a.score_search_sizes)))
     out.append(System(f"energy.steps{a.score_steps}", f"energy inference ({a.score_steps} step{'s' * (a.score_steps > 1)})",
                       "energy", "energy_net", nar + ["--decoding", "energy"] + score, primary=True))
+    return with_compiled_twins(a, out)
+
+
+def with_compiled_twins(a, systems):
+    """After every system that --onnx names, its twin KEY.onnx: the same generator over the
+    model's passes exported to ONNX (A.onnx_root/CHECKPOINT, exported by the run if absent or
+    from other parameters) and run by ONNX Runtime."""
+    patterns = [p.strip() for p in (a.onnx or "").split(",") if p.strip()]
+    out = []
+    for s in systems:
+        out.append(s)
+        if s.engine == "fairseq" and s.args[:2] == ["--task", "nar_translation"] and any(
+                fnmatch.fnmatch(s.key, p) for p in patterns):
+            args, name, ct2_teacher = list(s.args), f"{s.name}, compiled (ONNX Runtime)", None
+            if "--teacher-path" in args and "float32" in a.ct2_quantizations and ct2.available():
+                # the whole path fast: the teacher's scores from its float32 CTranslate2 conversion
+                ct2_teacher = "float32"
+                args[args.index("--teacher-path") + 1] = os.path.join(a.ct2_dir, "teacher-float32")
+                name += " + CTranslate2 teacher"
+            out.append(System(f"{s.key}.onnx", name, s.family, s.ckpt,
+                              args + ["--onnx-dir", os.path.join(a.onnx_root, s.ckpt)], needs=s.needs,
+                              passes=s.passes, primary=s.primary, ct2_teacher=ct2_teacher))
     return out
 
 
 def select_systems(systems, patterns):
     """The systems whose id matches one of the comma-separated glob patterns (--systems)."""
     patterns = [p.strip() for p in patterns.split(",") if p.strip()]
-    return [s for s in systems if any(fnmatch.fnmatch(s.key, p) for p in patterns)]
+    # a compiled twin (KEY.onnx) comes with its system
+    def base(key):
+        return key[: -len(".onnx")] if key.endswith(".onnx") else key
+
+    return [s for s in systems if any(fnmatch.fnmatch(s.key, p) or fnmatch.fnmatch(base(s.key), p)
+                                      for p in patterns)]
 
 
 def missing_checkpoints(system, ckpts):
