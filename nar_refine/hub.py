@@ -24,6 +24,7 @@ from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from nar_refine.errors import NARConfigError
+from nar_refine.tasks.nar_translation import NARTranslationConfig
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -98,8 +99,6 @@ class NARHubInterface(hub_utils.GeneratorHubInterface):
         return super().sample(checked_sentences(list(sentences)), beam, verbose, **kwargs)
 
     def generate(self, tokenized_sentences, beam=1, verbose=False, **kwargs):
-        from nar_refine.tasks.nar_translation import NARTranslationConfig
-
         gen_keys = set(self.cfg.generation.keys())
         task_kw = {k: v for k, v in kwargs.items() if k in self.task.cfg and k not in gen_keys}
         unknown = sorted(k for k in kwargs if k not in gen_keys and k not in self.task.cfg

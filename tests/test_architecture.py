@@ -1,4 +1,4 @@
-"""The package's imports flow one way: tasks -> inference -> models -> modules -> errors
+"""The package's imports flow one way: export, tasks -> inference -> models -> modules -> errors
 (criterions sit beside tasks and may use models and modules). A function-local import of
 nar_refine is how a cycle hides, so there is none."""
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "nar_refine"
 # layer of each subpackage: a module may import only from layers strictly below its own
-LAYER = {"errors": 0, "compat": 0, "modules": 1, "models": 2, "inference": 3, "criterions": 3,
-         "input_checks": 1, "tasks": 4, "hub": 5, "__init__": 6}
+LAYER = {"errors": 0, "compat": 0.5, "dictionaries": 0.7, "modules": 1, "input_checks": 1,
+         "training_checks": 1, "models": 2, "inference": 3, "criterions": 3, "export": 3.5,
+         "tasks": 4, "hub": 5, "__init__": 6}
 
 
 def layer_of(module_parts):

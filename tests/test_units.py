@@ -32,26 +32,26 @@ def test_zero_rate_is_identity():
 def test_replace_changes_only_real_tokens():
     torch.manual_seed(0)
     tokens, pad = batch()
-    out = corrupt(tokens, pad, 1.0, ("replace",), 4, 9)  # 4..8: disjoint from the tokens
+    out = corrupt(tokens, pad, 1.0, ("replace",), 4, 9, count="independent")  # 4..8: disjoint from the tokens
     assert torch.equal(out[pad], tokens[pad])
     assert ((out[~pad] >= 4) & (out[~pad] < 9)).all()
 
 
 def test_repeat_copies_previous_token():
     tokens, pad = batch()
-    out = corrupt(tokens, pad, 1.0, ("repeat",), 4, 30)
-    # every position but the first copies its left neighbour (applied on the original)
+    out = corrupt(tokens, pad, 1.0, ("repeat",), 4, 30, count="independent")
+    # independent count: every position but the first copies its left neighbour (applied on the original)
     assert out[0].tolist() == [10, 10, 11, 12, 13, 14]
     assert out[1].tolist() == [20, 20, 21, PAD, PAD, PAD]
 
 
 def test_swap_exchanges_neighbours_and_keeps_the_multiset():
     tokens, pad = batch()
-    out = corrupt(tokens, pad, 1.0, ("swap",), 4, 30)
+    out = corrupt(tokens, pad, 1.0, ("swap",), 4, 30, count="independent")
     assert out[0].tolist() == [11, 10, 13, 12, 15, 14]
     assert out[1].tolist() == [21, 20, 22, PAD, PAD, PAD]  # no swap with padding
     for _ in range(20):
-        out = corrupt(tokens, pad, 0.5, ("swap",), 4, 30)
+        out = corrupt(tokens, pad, 0.5, ("swap",), 4, 30, count=("exact", "independent")[_ % 2])
         for row_in, row_out in zip(tokens, out):
             assert sorted(row_in.tolist()) == sorted(row_out.tolist())
 

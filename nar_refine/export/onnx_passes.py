@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from nar_refine.errors import NARConfigError
+from nar_refine.inference.compiled import load_sessions
 from nar_refine.models.inference_network import InferenceNetworkModel, parameter_fingerprint
 from nar_refine.models.lanmt import LaNMTModel
 from nar_refine.models.refine_nat import RefineNATModel, SourceEncoding
@@ -247,8 +248,6 @@ def _export(model, out_dir, prefix, seed, opset):
 def verify_export(model, out_dir, manifest, seed):
     """Run every exported pass in ONNX Runtime on an example of other sizes than the traced
     one and compare with PyTorch: a frozen shape or branch shows here, not in a translation."""
-    from nar_refine.inference.compiled import load_sessions
-
     worst = {}
 
     def check(m, entry, sessions):
