@@ -15,6 +15,8 @@ import os
 import torch
 from fairseq import checkpoint_utils, tasks
 from fairseq.data import data_utils
+from fairseq.models.transformer import TransformerDecoderBase
+from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 
 from nar_refine.dictionaries import FINGERPRINT_KEY, first_difference, recorded_mismatch
 from nar_refine.errors import NARConfigError
@@ -33,6 +35,15 @@ class TeacherScorer:
 
     def __init__(self, model, tgt_dict, path=""):
         self.model = model.eval()
+        # as fairseq-generate prepares a model (prepare_for_inference_): its decoder layers keep
+        # no attention weights, so fairseq's attention takes torch's fused kernel in every layer
+        for layer in model.modules():
+            if isinstance(layer, TransformerDecoderLayerBase):
+                layer.make_generation_fast_(need_attn=False)
+        # fairseq's Transformer decoder returns the last layer's attention weights (alignments)
+        # unless told another layer: -1 is none
+        self._decoder_kwargs = ({"alignment_layer": -1}
+                                if isinstance(getattr(model, "decoder", None), TransformerDecoderBase) else {})
         self.pad, self.eos = tgt_dict.pad(), tgt_dict.eos()
         self.path = path
 
@@ -144,12 +155,11 @@ class TeacherScorer:
         encoder_out = self.model.encoder(src_tokens, src_lengths=src_lengths)
         if rows is not None:
             encoder_out = self.model.encoder.reorder_encoder_out(encoder_out, rows)
-        out = self.model.decoder(prev, encoder_out=encoder_out)
+        out = self.model.decoder(prev, encoder_out=encoder_out, **self._decoder_kwargs)
         if getattr(self.model.decoder, "adaptive_softmax", None) is not None:
             lp = self.model.get_normalized_probs(out, log_probs=True).float()
             tok_lp = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        else:  # log p(y_t) = logit[y_t] - logsumexp(logits): no full-vocabulary log-softmax copy
-            logits = out[0]
-            tok_lp = (logits.gather(-1, target.unsqueeze(-1)).squeeze(-1).float()
-                      - torch.logsumexp(logits.float(), -1))
+        else:  # one fused fp32 log_softmax (torch.logsumexp is several times slower on a CPU)
+            lp = torch.log_softmax(out[0], -1, dtype=torch.float32)
+            tok_lp = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
         return tok_lp.masked_fill(target.eq(self.pad), 0.0).sum(-1)
