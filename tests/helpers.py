@@ -172,3 +172,30 @@ def teacher_one_by_one(teacher, task, src, tokens):
                             "prev_output_tokens": prev}, "target": target}
     hypo = SequenceScorer(task.target_dictionary).generate([teacher], sample)[0][0]
     return float(hypo["positional_scores"].sum())
+
+
+def max_grad_at_init(data, args):
+    """Largest gradient element of the *summed* loss of one batch (what fairseq's --fp16 scales
+    and backpropagates in half precision) for a freshly built model."""
+    import torch
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    torch.manual_seed(1)
+    a = options.parse_args_and_arch(options.get_training_parser(),
+                                    [data, "--user-dir", USER_DIR, "--max-tokens", "2000", *args])
+    cfg = convert_namespace_to_omegaconf(a)
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("valid")
+    model, criterion = task.build_model(cfg.model), task.build_criterion(cfg.criterion)
+    sample = next(task.get_batch_iterator(task.dataset("valid"), max_tokens=2000, seed=1)
+                  .next_epoch_itr(shuffle=False))
+    model.train()
+    criterion(model, sample)[0].backward()
+    return max(float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None)
+
+
+FP16_SIZE = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "64",
+             "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim",
+             "128", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+             "--share-all-embeddings", "--dropout", "0"]

