@@ -5,7 +5,8 @@
 # for the same number of updates with the same data order; then scripts/refine_diagnostic.py on
 # both (delta steps: BLEU, repeated words, tokens changed; KL and z-usage) and one table.
 # Usage: ablate_lanmt_budget.sh [--smoke] [WORKDIR]
-#   step 1 (once the main run has stopped at KL_HOLD, e.g. MAX_UPDATE=3000 train_lanmt.sh):
+#   step 1 (once the main run, trained with this schedule (KL_HOLD=3000 KL_ANNEAL=1500
+#          train_lanmt.sh; the recipe's default holds), has stopped at KL_HOLD, MAX_UPDATE=3000):
 #          copies WORK/checkpoints/lanmt/checkpoint_last.pt to WORK/checkpoints/ablation_lanmt_held/
 #   step 2 trains the held copy to END (default KL_HOLD + KL_ANNEAL); the main run must reach END
 #          too (MAX_UPDATE=END train_lanmt.sh), then the diagnostics and the table.
