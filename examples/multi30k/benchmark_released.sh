@@ -6,7 +6,7 @@
 # throughput on this machine, and the blind test sets translated by every system.
 # Usage: benchmark_released.sh [WORKDIR] [-- extra benchmark.py args]
 #   writes WORKDIR/benchmark-released/ (default WORKDIR examples/multi30k/work-released);
-#   OUT=DIR writes elsewhere (the committed table: OUT=$PWD/examples/multi30k/results).
+#   OUT=DIR writes elsewhere (the committed table: OUT=$PWD/examples/multi30k/results/released).
 # Env: THREADS (default 1), MODELS (default examples/multi30k/models), BLIND (the blind sets'
 # folder, default ../shared/data/multi30k-blind; none skips them).
 set -euo pipefail
