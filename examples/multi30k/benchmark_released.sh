@@ -27,9 +27,18 @@ if [ ! -s "$WORK/data-bin/test.en-de.de.bin" ]; then
     || { tail -5 "$WORK/logs/prepare.out"; exit 1; }
 fi
 ARGS=(--work "$WORK" --threads "${THREADS:-1}" --out "${OUT:-$WORK/benchmark-released}")
+# only the systems of the released models (a family without a released model is left out, not
+# looked for in WORK)
+declare -A SYSTEMS=([teacher]="ar.*,ct2.*" [cmlm]="cmlm.*" [refine_nat]="refine_nat.*"
+  [lanmt]="lanmt.*" [score_net]="score.*" [energy_net]="energy.*")
+patterns=""
 for m in teacher cmlm refine_nat lanmt score_net energy_net; do
-  [ -f "$MODELS/$m.pt" ] && ARGS+=("--${m//_/-}" "$MODELS/$m.pt")
+  if [ -f "$MODELS/$m.pt" ]; then
+    ARGS+=("--${m//_/-}" "$MODELS/$m.pt"); patterns="${patterns:+$patterns,}${SYSTEMS[$m]}"
+  fi
 done
+[ -n "$patterns" ] || { echo "no released models in $MODELS" >&2; exit 1; }
+ARGS+=(--systems "$patterns")
 cd "$REPO"
 python scripts/benchmark.py "${ARGS[@]}" "${EXTRA[@]}"
 BLIND=${BLIND:-$REPO/../shared/data/multi30k-blind}
