@@ -15,11 +15,11 @@ these rows say "skipped" and the run goes on.
 import json
 import logging
 import os
-import statistics
 import time
 from pathlib import Path
 
 from bench import USER_DIR
+from bench.runner import timing_fields
 
 logger = logging.getLogger("benchmark")
 
@@ -67,7 +67,6 @@ def run(bench, system, reference):
     """Batch-1 latency and batched throughput of the converted teacher; ``reference`` is the
     fairseq teacher system whose task reads the test set. -> (timings, hypotheses, None)."""
     import ctranslate2
-    import numpy as np
 
     a = bench.a
     t_setup = time.perf_counter()
@@ -114,15 +113,7 @@ def run(bench, system, reference):
             ids_ = [tgt_dict.index(t) for t in result.hypotheses[0]]
             hyps[int(sid)] = tgt_dict.string(ids_, extra_symbols_to_ignore={tgt_dict.bos()})
     timings = {
-        "test_sentences": n_test,
-        "latency_ms_median": round(statistics.median(latencies), 3),
-        "latency_ms_mean": round(statistics.fmean(latencies), 3),
-        "latency_ms_p90": round(float(np.percentile(latencies, 90)), 3),
-        "latency_sentences": n_lat,
-        "latencies_ms": [round(x, 3) for x in latencies],
-        "src_lengths": [len(t[0]) for t in lat_inputs],
-        "throughput_sent_per_s": round(n_test / total, 2) if total > 0 else None,
-        "batched_seconds": round(total, 3), "batches": len(inputs),
+        **timing_fields(latencies, [len(t[0]) for t in lat_inputs], n_test, total, len(inputs)),
         "mean_steps": None,
         "params": sum(p.numel() for p in models[0].parameters()),
         "setup_seconds": round(setup_s, 2),

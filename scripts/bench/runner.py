@@ -58,6 +58,26 @@ def machine_info(a):
     return info
 
 
+def timing_fields(latencies, src_lengths, n_test, batched_seconds, batches):
+    """The timing fields of every benchmark row: batch-1 latencies (ms) of ``src_lengths``
+    sentences, and ``n_test`` sentences translated in ``batches`` batches in
+    ``batched_seconds``."""
+    import numpy as np
+
+    total = batched_seconds
+    return {
+        "test_sentences": n_test,
+        "latency_ms_median": round(statistics.median(latencies), 3),
+        "latency_ms_mean": round(statistics.fmean(latencies), 3),
+        "latency_ms_p90": round(float(np.percentile(latencies, 90)), 3),
+        "latency_sentences": len(latencies),
+        "latencies_ms": [round(x, 3) for x in latencies],
+        "src_lengths": list(src_lengths),
+        "throughput_sent_per_s": round(n_test / total, 2) if total > 0 else None,
+        "batched_seconds": round(total, 3), "batches": batches,
+    }
+
+
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
 
@@ -208,15 +228,7 @@ class Bench:
             raise RuntimeError(f"no hypothesis for sample ids {missing[:5]}...")
 
         timings = {
-            "test_sentences": n_test,
-            "latency_ms_median": round(statistics.median(latencies), 3),
-            "latency_ms_mean": round(statistics.fmean(latencies), 3),
-            "latency_ms_p90": round(float(np.percentile(latencies, 90)), 3),
-            "latency_sentences": n_lat,
-            "latencies_ms": [round(x, 3) for x in latencies],
-            "src_lengths": src_lens,
-            "throughput_sent_per_s": round(n_test / total, 2) if total > 0 else None,
-            "batched_seconds": round(total, 3), "batches": len(samples),
+            **timing_fields(latencies, src_lens, n_test, total, len(samples)),
             "mean_steps": round(statistics.fmean(steps), 2) if steps else None,
             "params": count_params(models[0]),
             "setup_seconds": round(setup_s, 2),

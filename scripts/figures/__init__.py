@@ -109,22 +109,23 @@ def references(task, subset, ref_file, remove_bpe, max_sentences=0):
     if ref_file:
         lines = Path(ref_file).read_text(encoding="utf-8").splitlines()
         return dict(enumerate(lines[:max_sentences] if max_sentences else lines))
-    if subset not in task.datasets:
-        task.load_dataset(subset)
-    ds = task.dataset(subset)
-    n = min(len(ds), max_sentences) if max_sentences else len(ds)
-    d = task.target_dictionary
-    return {i: detok(d, token_list(ds.tgt[i], d), remove_bpe) for i in range(n)}
+    return split_texts(task, subset, "tgt", remove_bpe, max_sentences)
 
 
 def sources(task, subset, remove_bpe, max_sentences=0):
     """{id: source text} of the split (subwords undone)."""
+    return split_texts(task, subset, "src", remove_bpe, max_sentences)
+
+
+def split_texts(task, subset, side, remove_bpe, max_sentences=0):
+    """{id: text} of one side (``src`` or ``tgt``) of a binarised split, subwords undone."""
     if subset not in task.datasets:
         task.load_dataset(subset)
     ds = task.dataset(subset)
     n = min(len(ds), max_sentences) if max_sentences else len(ds)
-    d = task.source_dictionary
-    return {i: detok(d, token_list(ds.src[i], d), remove_bpe) for i in range(n)}
+    d = task.source_dictionary if side == "src" else task.target_dictionary
+    data = getattr(ds, side)
+    return {i: detok(d, token_list(data[i], d), remove_bpe) for i in range(n)}
 
 
 def corpus_bleu(hyps, refs):
