@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import types
 from pathlib import Path
 
 import pytest
@@ -96,11 +97,26 @@ def test_bundle_fairseq_imports_without_sklearn_and_scipy():
     assert proc.returncode == 0 and proc.stdout.split() == ["imported"], proc.stderr[-3000:]
 
 
+# the part of fairseq-fixed 0.12.3.1's setup.py that the build edit touches (setup.py is not
+# installed), its extension classes replaced by a stand-in that has their ``name``
+SETUP_EXCERPT = """import os
+from types import SimpleNamespace as Ext
+extensions = [Ext(name="fairseq.libbleu"), Ext(name="fairseq.data.data_utils_fast"),
+              Ext(name="fairseq.data.token_block_utils_fast")]
+extensions.extend([Ext(name="fairseq.libbase"), Ext(name="fairseq.libnat"),
+                   Ext(name="alignment_train_cpu_binding")])
+if "CUDA_HOME" in os.environ:
+    extensions.extend([Ext(name="fairseq.libnat_cuda")])
+"""
+
+
 def _fake_sdist(folder, crlf=True):
-    """A source distribution with fairseq-fixed's two edited files (from the installed fairseq,
-    with the Windows line ends of the real sdist), version.txt and PKG-INFO."""
+    """A source distribution with fairseq-fixed's edited files (the two modules from the
+    installed fairseq, setup.py's excerpt, with the Windows line ends of the real sdist),
+    version.txt and PKG-INFO."""
     path = folder / "fairseq_fixed-0.12.3.1.tar.gz"
     files = {rel: (FAIRSEQ.parent / rel).read_text() for rel in fairseq_sdist.EDITS}
+    files["setup.py"] = SETUP_EXCERPT
     files = {rel: text.replace("\r\n", "\n").replace("\n", "\r\n") if crlf else text
              for rel, text in files.items()}
     files["fairseq/version.txt"] = "0.12.3.1"
@@ -128,6 +144,21 @@ def test_sdist_edit_and_version_label(tmp_path):
             assert "\r\n" in text and "\n" not in text.replace("\r\n", "")  # line ends kept
             assert not re.search(r"(?m)^(from|import) (sklearn|scipy)", text), rel
             compile(text, rel, "exec")
+        setup = read("setup.py")
+    assert "\r\n" in setup
+    for env, built in (
+        ({}, ["fairseq.libbleu", "fairseq.data.data_utils_fast",
+                     "fairseq.data.token_block_utils_fast"]),
+        ({"FAIRSEQ_TORCH_EXTENSIONS": "1"}, ["fairseq.libbleu", "fairseq.data.data_utils_fast",
+         "fairseq.data.token_block_utils_fast", "fairseq.libbase", "fairseq.libnat",
+         "alignment_train_cpu_binding"]),
+        ({"CUDA_HOME": "/cuda"}, ["fairseq.libbleu", "fairseq.data.data_utils_fast",
+         "fairseq.data.token_block_utils_fast", "fairseq.libnat_cuda"]),
+    ):
+        code = setup.replace("\r\n", "\n").replace("import os\n", "")  # os: a stand-in
+        scope = {"os": types.SimpleNamespace(environ=env)}
+        exec(compile(code, "setup.py", "exec"), scope)
+        assert [e.name for e in scope["extensions"]] == built, env
 
 
 def test_sdist_edit_refuses_another_fairseq():

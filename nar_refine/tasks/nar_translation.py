@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 from fairseq import metrics, utils
-from fairseq.data import LanguagePairDataset, encoders
+from fairseq.data import encoders
 from fairseq.dataclass import ChoiceEnum
 from fairseq.dataclass.configs import GenerationConfig
 from fairseq.models import ARCH_MODEL_REGISTRY
@@ -42,11 +42,14 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nar_refine import dictionaries, input_checks, training_checks
+from nar_refine import dictionaries, training_checks
 from nar_refine.errors import NARConfigError  # noqa: F401  (re-exported for old imports)
 from nar_refine.inference import build_nar_generator
 from nar_refine.inference.compiled import with_exported_passes
 from nar_refine.inference.hypotheses import remove_repeats
+from nar_refine.tasks.input_lines import (
+    InputLinesDataset, checked_lines, empty_hypothesis, is_input_lines_batch, user_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -405,47 +408,14 @@ class NARTranslationTask(TranslationTask):
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
         """Lines given for translation (fairseq-interactive, the Python API), padded as this
-        task pads its data (fairseq's default would pad them on the left).
-
-        Each line is checked here, before fairseq's size filter, so that one bad line does not
-        end the run: an empty line and a line longer than the source positions of the model
-        are reported on stderr (one ``nar_refine: error:`` line each, naming the line) and
-        answered with an empty hypothesis (:meth:`inference_step`); with
-        ``--truncate-long-inputs`` a long line is cut to the limit, with a warning, and
-        translated. A non-UTF-8 line reaches here empty, already reported by input_checks.
-        """
+        task pads its data (fairseq's default would pad them on the left), each line checked
+        first (:func:`~nar_refine.tasks.input_lines.checked_lines`)."""
         interactive = "fairseq_cli.interactive" in sys.modules
         first = getattr(self, "_input_lines_read", 0) if interactive else 0
         self._input_lines_read = first + len(src_tokens)
-        limit, limit_by = self.source_position_limit()
-        d = self.src_dict
-        tokens, lengths = [], []
-        for index, line in enumerate(src_tokens):
-            number = first + index + 1
-            where = (f"input line {number} (S-{number - 1})" if interactive
-                     else f"sentence {index} (0-based) of this call")
-            words = int((line.ne(d.pad()) & line.ne(d.eos()) & line.ne(d.bos())).sum())
-            if words > 0:  # mostly <unk>: text not segmented as the data-bin (no --bpe?)
-                input_checks.warn_unknown_words(line, d, words, where)
-            if words == 0:
-                if not (interactive and number in input_checks.reported_input_lines):
-                    user_message("error", f"{where} is empty: a non-autoregressive model cannot "
-                                 f"predict a length from nothing; its hypothesis is left empty")
-            elif limit is not None and line.numel() > limit:
-                if self.cfg.truncate_long_inputs:
-                    user_message("warning", f"{where} has {line.numel()} tokens (with </s>), "
-                                 f"more than {limit_by} {limit}; translating its first "
-                                 f"{limit - 1} tokens (--truncate-long-inputs)")
-                    line = torch.cat([line[:limit - 1], line.new_tensor([d.eos()])])
-                else:
-                    user_message("error", f"{where} has {line.numel()} tokens (with </s>), more "
-                                 f"than {limit_by} {limit}; not translated (its hypothesis is "
-                                 f"left empty): split the line, or pass --truncate-long-inputs "
-                                 f"to translate its first {limit - 1} tokens")
-                    line = line.new_tensor([d.eos()])
-            tokens.append(line)
-            lengths.append(line.numel())
-        return InputLinesDataset(tokens, lengths, d, tgt_dict=self.tgt_dict,
+        tokens, lengths = checked_lines(src_tokens, self.src_dict, self.source_position_limit(),
+                                        self.cfg.truncate_long_inputs, interactive, first)
+        return InputLinesDataset(tokens, lengths, self.src_dict, tgt_dict=self.tgt_dict,
                                  left_pad_source=self.cfg.left_pad_source,
                                  constraints=constraints)
 
@@ -460,32 +430,6 @@ class NARTranslationTask(TranslationTask):
         return task_limit, "the --max-source-positions limit of"
 
 
-INPUT_LINES_KEY = "nar_input_lines"
-
-
-class InputLinesDataset(LanguagePairDataset):
-    """Source lines given for translation; its batches say so (``INPUT_LINES_KEY``), so that
-    :meth:`NARTranslationTask.inference_step` answers an empty line instead of refusing it."""
-
-    def collater(self, samples, pad_to_length=None):
-        batch = super().collater(samples, pad_to_length=pad_to_length)
-        if batch:
-            batch[INPUT_LINES_KEY] = True
-        return batch
-
-
-def is_input_lines_batch(sample):
-    """True for lines given for translation: fairseq-interactive (its batches carry no ids)
-    and the Python API (:class:`InputLinesDataset`); False for dataset splits."""
-    return "id" not in sample or bool(sample.get(INPUT_LINES_KEY, False))
-
-
-def empty_hypothesis(eos, like):
-    """The hypothesis of a line that was not translated: no token, score -inf."""
-    return {"tokens": like.new_tensor([eos]), "positional_scores": torch.zeros(1),
-            "score": float("-inf"), "alignment": None, "attention": None, "steps": 0}
-
-
 def upgrade_checkpoint_args(cfg):
     """Let the model class of a checkpoint's architecture fill in arguments that its version
     did not have (``upgrade_checkpoint_args``), before fairseq applies the architecture's
@@ -494,12 +438,6 @@ def upgrade_checkpoint_args(cfg):
     upgrade = getattr(model_cls, "upgrade_checkpoint_args", None)
     if upgrade is not None:
         upgrade(cfg)
-
-
-def user_message(kind, text):
-    """One line on stderr for the user of a CLI (``nar_refine: error: ...``), run going on."""
-    sys.stdout.flush()  # keep the order of S-/H- lines and messages on a terminal
-    print(f"nar_refine: {kind}: {text}", file=sys.stderr, flush=True)
 
 
 def refuse_lone_launched_process():

@@ -1,5 +1,5 @@
 """The offline bundle's fairseq: fairseq-fixed's source distribution with scikit-learn and scipy
-made optional.
+made optional, and its torch C++ extensions built only on request.
 
 ``import fairseq`` imports every criterion and task, and two of them import scikit-learn and
 scipy at the top (``criterions/sentence_prediction.py``: F1, Matthews, Pearson and Spearman
@@ -58,12 +58,26 @@ EDITS = {
     )],
 }
 
+# fairseq's torch C++ extensions (BASE layers' balanced assignment, the Levenshtein
+# transformer's edit distances, an example's alignment kernel) take most of the install's
+# build time (each compiles against torch's headers) and nar_refine runs none of them: they
+# are built only with FAIRSEQ_TORCH_EXTENSIONS=1 (install.sh --with-torch-extensions)
+BUILD_EDITS = {
+    "setup.py": [(
+        'if "CUDA_HOME" in os.environ:\n',
+        'if os.environ.get("FAIRSEQ_TORCH_EXTENSIONS", "0") != "1":\n'
+        '    _torch_only = {"fairseq.libbase", "fairseq.libnat", "alignment_train_cpu_binding"}\n'
+        '    extensions = [e for e in extensions if e.name not in _torch_only]\n'
+        'if "CUDA_HOME" in os.environ:\n',
+    )],
+}
+
 
 def patch_source(relpath, text):
     """``text`` of fairseq file ``relpath`` with the edits above (unchanged for other files)."""
     crlf = "\r\n" in text  # some files of the sdist have Windows line ends
     text = text.replace("\r\n", "\n")
-    for old, new in EDITS.get(relpath, []):
+    for old, new in {**EDITS, **BUILD_EDITS}.get(relpath, []):
         if text.count(old) != 1:
             raise SystemExit(f"{relpath}: expected the fairseq-fixed 0.12.3.1 text once, found "
                              f"{text.count(old)} times: {old.splitlines()[0]!r}")
@@ -86,7 +100,7 @@ def patch_sdist(sdist, out_dir):
             for m in members:
                 rel = m.name.split("/", 1)[1] if "/" in m.name else ""
                 data = src.extractfile(m).read() if m.isfile() else None
-                if rel in EDITS:
+                if rel in EDITS or rel in BUILD_EDITS:
                     data = patch_source(rel, data.decode()).encode()
                     seen.add(rel)
                 elif rel == "fairseq/version.txt":
@@ -102,7 +116,7 @@ def patch_sdist(sdist, out_dir):
                 else:
                     info.linkname = m.linkname
                     dst.addfile(info)
-    missing = set(EDITS) - seen
+    missing = (set(EDITS) | set(BUILD_EDITS)) - seen
     if missing:
         raise SystemExit(f"{sdist}: no {', '.join(sorted(missing))}; not fairseq-fixed 0.12.3.1?")
     return out

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs fairseq (fairseq-fixed 0.12.3.1) and nar_refine from this bundle, without network,
 # into a Python that already has torch (a CUDA build on a GPU node), then runs check.sh.
-# Usage: bash install.sh [--no-check] [--data MULTI30K_DIR]
+# Usage: bash install.sh [--no-check] [--data MULTI30K_DIR] [--with-torch-extensions]
+#   --with-torch-extensions  also build fairseq's torch C++ extensions (libnat for fairseq's
+#           Levenshtein transformer, libbase for BASE layers; nar_refine uses neither), which
+#           compile against torch's headers and take most of a full build's time
 #   PYTHON  the interpreter to install into (default python3; e.g. a venv made with
 #           `python3 -m venv --system-site-packages ENV`, so that it sees the node's torch)
 # Everything comes from this folder (pip --no-index): the wheels in wheels/ for the bundle's
@@ -11,12 +14,13 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY=${PYTHON:-python3}
-CHECK=1; CHECK_ARGS=()
+CHECK=1; CHECK_ARGS=(); TORCH_EXT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-check) CHECK=0 ;;
     --data) CHECK_ARGS+=(--data "$2"); shift ;;
-    *) echo "install.sh: unknown argument $1 (--no-check, --data DIR)" >&2; exit 2 ;;
+    --with-torch-extensions) TORCH_EXT=1 ;;
+    *) echo "install.sh: unknown argument $1 (--no-check, --data DIR, --with-torch-extensions)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -45,17 +49,19 @@ PIP=("$PY" -m pip install --no-index --find-links "$HERE/wheels" --disable-pip-v
 say "requirements (packages already installed in a fitting version are kept)"
 "${PIP[@]}" -q -r "$HERE/requirements.txt"
 say "fairseq: building its extensions against torch $("$PY" -c 'import torch; print(torch.__version__)')"
-# Its six extensions compile side by side, one per core (setuptools builds them one after the
-# other otherwise), through setuptools' own compiler calls: torch's ninja backend writes one
-# build.ninja for every extension, which parallel builds would share, so a `ninja` that fails
-# hides the real one. No debug information (-g0). Without CUDA_HOME only the C++/Cython
-# extensions are built: fairseq's CUDA kernels are not used by nar_refine and would need nvcc.
+# Its three C++/Cython extensions (libbleu, the batching and token-block helpers; with
+# --with-torch-extensions also the three that compile against torch's headers) compile side by
+# side, one per core (setuptools builds them one after the other otherwise), through
+# setuptools' own compiler calls: torch's ninja backend writes one build.ninja for every
+# extension, which parallel builds would share, so a `ninja` that fails hides the real one. No
+# debug information (-g0). Without CUDA_HOME: fairseq's CUDA kernels are not used by nar_refine
+# and would need nvcc.
 BUILD=$(mktemp -d); trap 'rm -rf "$BUILD"' EXIT
 tar xzf "$HERE"/fairseq_fixed-*.tar.gz -C "$BUILD"
 jobs=$(nproc); if [ "$jobs" -gt 6 ]; then jobs=6; fi
 printf '\n[build_ext]\nparallel = %s\n' "$jobs" >> "$BUILD"/fairseq_fixed-*/setup.cfg
 mkdir "$BUILD/no-ninja"; printf '#!/bin/sh\nexit 1\n' > "$BUILD/no-ninja/ninja"; chmod +x "$BUILD/no-ninja/ninja"
-PATH="$BUILD/no-ninja:$PATH" CFLAGS="${CFLAGS:-} -g0" env -u CUDA_HOME \
+PATH="$BUILD/no-ninja:$PATH" CFLAGS="${CFLAGS:-} -g0" FAIRSEQ_TORCH_EXTENSIONS=$TORCH_EXT env -u CUDA_HOME \
   "${PIP[@]}" -q --no-deps --no-build-isolation "$BUILD"/fairseq_fixed-*/
 say "nar_refine"
 "${PIP[@]}" -q --no-deps "$HERE"/nar_refine-*.whl
