@@ -43,6 +43,7 @@ from fairseq.models.transformer import Embedding, TransformerEncoder, Transforme
 from fairseq.utils import eval_bool
 
 from nar_refine.errors import NARConfigError
+from nar_refine.models import encoder_init
 from nar_refine.models.refine_nat import SourceEncoding, _nat_defaults, encode_source, target_without_eos
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
@@ -159,6 +160,7 @@ class LaNMTModel(BaseFairseqModel):
     @staticmethod
     def add_args(parser):
         TransformerModel.add_args(parser)
+        encoder_init.add_args(parser)
         parser.add_argument("--latent-dim", type=int, metavar="N", help="dimension of z per source position")
         parser.add_argument("--prior-layers", type=int, metavar="N",
                             help="Transformer layers of the prior p(z|x) over the source states")

@@ -32,6 +32,7 @@ from fairseq.models import (
 from fairseq.models.transformer import Embedding, TransformerEncoder, TransformerModel
 
 from nar_refine.errors import NARConfigError
+from nar_refine.models import encoder_init
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean, uniform_copy
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
 
@@ -108,6 +109,7 @@ class RefineNATModel(FairseqEncoderDecoderModel):
     @staticmethod
     def add_args(parser):
         TransformerModel.add_args(parser)
+        encoder_init.add_args(parser)
         parser.add_argument("--refine-layers", type=int, metavar="N",
                             help="layers of the shared refinement decoder (decoder 2)")
         parser.add_argument("--max-length-offset", type=int, metavar="N",

@@ -21,6 +21,7 @@ sentence) join the validation log, and ``--best-checkpoint-metric bleu
 --maximize-best-checkpoint-metric`` makes checkpoint_best.pt follow BLEU.
 """
 
+import contextlib
 import copy
 import json
 import logging
@@ -36,10 +37,10 @@ from fairseq import metrics, utils
 from fairseq.data import encoders
 from fairseq.dataclass import ChoiceEnum
 from fairseq.dataclass.configs import GenerationConfig
-from fairseq.models import ARCH_MODEL_REGISTRY
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
 from fairseq.tasks import FairseqTask, register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from nar_refine import dictionaries, training_checks
@@ -47,6 +48,7 @@ from nar_refine.errors import NARConfigError  # noqa: F401  (re-exported for old
 from nar_refine.inference import build_nar_generator
 from nar_refine.inference.compiled import with_exported_passes
 from nar_refine.inference.hypotheses import remove_repeats
+from nar_refine.models import encoder_init
 from nar_refine.tasks.input_lines import (
     InputLinesDataset, checked_lines, empty_hypothesis, is_input_lines_batch, user_message,
 )
@@ -274,10 +276,19 @@ class NARTranslationTask(TranslationTask):
         self._model_build_depth = depth + 1
         if from_checkpoint:  # arguments saved by an older version: build the model it was
             upgrade_checkpoint_args(cfg)
+        init_path = None if from_checkpoint else getattr(cfg, "init_encoder_from", None)
+        if init_path:  # the encoder's options follow the checkpoint it starts from
+            init_state = encoder_init.read_encoder_checkpoint(init_path)
+            with open_dict(cfg) if OmegaConf.is_config(cfg) else contextlib.ExitStack():
+                ARCH_CONFIG_REGISTRY[getattr(cfg, "arch", None) or cfg._name](cfg)
+                encoder_init.adopt_encoder_style(cfg, init_state, init_path)
         try:
             model = FairseqTask.build_model(self, cfg, from_checkpoint)
         finally:
             self._model_build_depth = depth
+        if init_path:
+            copied = encoder_init.load_encoder(model, init_state, self, init_path)
+            logger.info("encoder initialised from %s (%d tensors)", init_path, copied)
         if not getattr(model, "is_nar_refine_model", False):
             raise NARConfigError(
                 f"task nar_translation trains nar_refine models (refine_nat, lanmt, "
