@@ -9,8 +9,10 @@
 #   independent  full, but each position corrupted independently (clean inputs, no runs)
 #   prenorm      full, but pre-norm decoders
 #   shared       full, but decoder 2 reads and writes the shared matrix
+#   teacher_encoder  full, the encoder started from the teacher's (--init-encoder-from)
 # Usage: ablate_refine_nat.sh [--smoke] [WORKDIR]   (runs are resumable; DONE files skip them)
-# Env: UPDATES (default 800), VARIANTS (default "full old independent prenorm shared"; run two
+# Env: UPDATES (default 800), VARIANTS (default "full old independent prenorm shared"; also
+# teacher_encoder, which needs the teacher; run two
 # lists in parallel for two lanes), OUT (table, default WORK/ablation/refine_ablation.md).
 source "$(dirname "$0")/common.sh"
 if [ "$SMOKE" = 1 ]; then UPDATES=${UPDATES:-20}; else UPDATES=${UPDATES:-800}; fi
@@ -20,9 +22,11 @@ declare -A VARIANT_ARGS=(
   [independent]="--corruption-count independent"
   [prenorm]="--decoder-norm pre"
   [shared]="--refine-embedding shared"
+  [teacher_encoder]="--init-encoder-from $WORK/checkpoints/teacher/checkpoint_best.pt"
 )
 declare -A NOTE=([full]="defaults" [old]="nar_refine 0.2 (all three off)"
-  [independent]="independent corruption" [prenorm]="pre-norm" [shared]="shared matrix")
+  [independent]="independent corruption" [prenorm]="pre-norm" [shared]="shared matrix"
+  [teacher_encoder]="encoder from the teacher")
 VALID_DISTIL="$WORK/data-bin-distil-valid"
 if [ ! -s "$VALID_DISTIL/valid.$SRC-$TGT.$TGT.bin" ]; then
   log "distilling the valid set (the injected-error test needs targets the models can reach)"
@@ -45,7 +49,7 @@ for v in ${VARIANTS:-full old independent prenorm shared}; do
   fi
 done
 diags=()
-for v in full old independent prenorm shared; do
+for v in full old independent prenorm shared teacher_encoder; do
   [ -s "$WORK/ablation/$v.json" ] && diags+=(--diag "$v=$WORK/ablation/$v.json=${NOTE[$v]}")
 done
 python "$REPO_DIR/scripts/ablation_table.py" "${diags[@]}" --out "${OUT:-$WORK/ablation/refine_ablation.md}" \
