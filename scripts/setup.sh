@@ -2,7 +2,7 @@
 # One-command set-up on a fresh machine (Python 3.11, CPU only).
 # Creates a virtual environment (default: ./.venv, override with VENV=path) holding
 # torch 2.13.0 (CPU build), fairseq 0.12 (the fairseq-fixed build), sacrebleu,
-# sentencepiece, fastBPE + sacremoses (the --bpe fastbpe recipe), matplotlib, pytest,
+# sentencepiece, fastBPE + sacremoses (the --bpe fastbpe recipe), matplotlib, pytest (+ xdist),
 # nar_refine in editable mode, and the optional onnx, onnxruntime and ctranslate2.
 # On a GPU machine, a CUDA build of torch instead: TORCH_INDEX_URL names PyTorch's wheel index
 # for the machine's CUDA (e.g. https://download.pytorch.org/whl/cu130) and TORCH_SPEC the torch
@@ -32,7 +32,7 @@ fi
 # fairseq's own requirements, minus torchaudio (it would replace our torch; fairseq only
 # needs it for speech tasks).
 $PIP install -q cffi "hydra-core==1.3.2" "omegaconf==2.3.0" regex "sacrebleu>=2.0" tqdm \
-  bitarray scikit-learn packaging sentencepiece sacremoses matplotlib pytest
+  bitarray scikit-learn packaging sentencepiece sacremoses matplotlib pytest pytest-xdist
 # fastBPE and fairseq compile C++/Cython extensions against the packages above.
 $PIP install -q --no-build-isolation fastbpe
 if ! "$VENV/bin/python" -c "import fairseq" 2>/dev/null; then
