@@ -135,16 +135,22 @@ def released_lanmt_fingerprint(path, data_dir):
     return parameter_fingerprint(models[0])
 
 
-def history(work, name):
-    path = Path(work) / "checkpoints" / name / "history.jsonl"
+def history(work, name, ckpt=None):
+    """The training runs recorded beside the checkpoint (its folder's history.jsonl, written by
+    the recipes), else in WORK/checkpoints/NAME."""
+    path = Path(ckpt).parent / "history.jsonl" if ckpt is not None else None
+    if path is None or not path.exists():
+        path = Path(work) / "checkpoints" / name / "history.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def last_command(work, name):
+def last_command(work, name, ckpt=None):
     """The recipe's record of the last training command, when there is no history."""
-    path = Path(work) / "checkpoints" / name / "command.txt"
+    path = Path(ckpt).parent / "command.txt" if ckpt is not None else None
+    if path is None or not path.exists():
+        path = Path(work) / "checkpoints" / name / "command.txt"
     return [relative_command(path.read_text().strip())] if path.exists() else []
 
 
@@ -193,7 +199,7 @@ def main(argv=None):
                   if torch.is_tensor(v) and v.is_floating_point() and k != "lanmt_fingerprint"}
         params = sum(v.numel() for v in unique.values())
         ccfg = released["cfg"].get("checkpoint") if hasattr(released["cfg"], "get") else None
-        runs = history(work, name)
+        runs = history(work, name, ckpt)
         threads = sorted({r["threads"] for r in runs if "threads" in r})
         entry = {
             "file": target.name,
@@ -208,7 +214,7 @@ def main(argv=None):
             "best_valid": {"metric": ccfg.get("best_checkpoint_metric") if ccfg else None,
                            "value": extra.get("best")},
             "source": relative(str(ckpt.resolve())),
-            "commands": [relative_command(r["command"]) for r in runs if r.get("command")] or last_command(work, name),
+            "commands": [relative_command(r["command"]) for r in runs if r.get("command")] or last_command(work, name, ckpt),
             "released": time.strftime("%Y-%m-%d", time.gmtime()),
         }
         if name in notes:
