@@ -135,23 +135,27 @@ def released_lanmt_fingerprint(path, data_dir):
     return parameter_fingerprint(models[0])
 
 
+def run_record(work, name, ckpt, filename):
+    """A recipe's record (``filename``) beside the checkpoint, else in WORK/checkpoints/NAME;
+    None when neither exists."""
+    for folder in ([Path(ckpt).parent] if ckpt is not None else []) + [Path(work) / "checkpoints" / name]:
+        if (folder / filename).exists():
+            return folder / filename
+    return None
+
+
 def history(work, name, ckpt=None):
-    """The training runs recorded beside the checkpoint (its folder's history.jsonl, written by
-    the recipes), else in WORK/checkpoints/NAME."""
-    path = Path(ckpt).parent / "history.jsonl" if ckpt is not None else None
-    if path is None or not path.exists():
-        path = Path(work) / "checkpoints" / name / "history.jsonl"
-    if not path.exists():
+    """The training runs recorded by the recipes (history.jsonl)."""
+    path = run_record(work, name, ckpt, "history.jsonl")
+    if path is None:
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def last_command(work, name, ckpt=None):
     """The recipe's record of the last training command, when there is no history."""
-    path = Path(ckpt).parent / "command.txt" if ckpt is not None else None
-    if path is None or not path.exists():
-        path = Path(work) / "checkpoints" / name / "command.txt"
-    return [relative_command(path.read_text().strip())] if path.exists() else []
+    path = run_record(work, name, ckpt, "command.txt")
+    return [relative_command(path.read_text().strip())] if path is not None else []
 
 
 def relative_command(cmd):

@@ -13,7 +13,7 @@ import os
 
 from fairseq import checkpoint_utils
 
-from nar_refine.dictionaries import FINGERPRINT_KEY, first_difference, recorded_mismatch
+from nar_refine.dictionaries import FINGERPRINT_KEY, recorded_mismatch
 from nar_refine.errors import NARConfigError
 
 # what the encoder's weights mean: taken from the checkpoint
@@ -72,8 +72,8 @@ def load_encoder(model, state, task, path):
                                     ("checkpoint", "task"))
     else:  # no record (trained without the plugin): the sizes at least
         rows = state["model"]["encoder.embed_tokens.weight"].size(0)
-        problem = (None if rows == len(task.source_dictionary) else first_difference(
-            "source", ["?"] * rows, task.source_dictionary.symbols, ("checkpoint", "task")))
+        problem = (None if rows == len(task.source_dictionary) else
+                   f"source dictionary sizes differ: checkpoint {rows}, task {len(task.source_dictionary)}")
     if problem:
         raise NARConfigError(f"--init-encoder-from {path} does not share this task's "
                              f"dictionaries: {problem}")

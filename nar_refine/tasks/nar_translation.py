@@ -50,7 +50,7 @@ from nar_refine.inference.compiled import with_exported_passes
 from nar_refine.inference.hypotheses import remove_repeats
 from nar_refine.models import encoder_init
 from nar_refine.tasks.input_lines import (
-    InputLinesDataset, checked_lines, empty_hypothesis, is_input_lines_batch, user_message,
+    InputLinesDataset, checked_lines, empty_hypothesis, is_input_lines_batch,
 )
 
 logger = logging.getLogger(__name__)
