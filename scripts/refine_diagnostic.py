@@ -211,8 +211,6 @@ class open_task_cfg:
 def inject_errors(a, model, task):
     import torch
 
-    from nar_refine.models.refine_nat import target_without_eos
-
     with open_task_cfg(task) as cfg:
         cfg.data = a.inject_data
     task.datasets.pop(a.inject_subset, None)
@@ -225,9 +223,10 @@ def inject_errors(a, model, task):
     with torch.inference_mode():
         for sample in itr:
             net = sample["net_input"]
-            y, lengths = target_without_eos(sample["target"], d.pad(), d.eos())
+            # the gold canvas: y (and its </s> with shortening); errors go into y's positions
+            y, lengths, canvas = model.decoder_target(sample["target"])
             enc = model.encode(net["src_tokens"], net["src_lengths"])
-            _, h0 = model.initial_step(enc, lengths)
+            _, h0 = model.initial_step(enc, canvas)
             mask = y.ne(d.pad())
             out_clean = model.refine_step(enc, y, h0)[0].argmax(-1)
             clean_input["tokens"] += int(mask.sum())

@@ -552,3 +552,71 @@ def test_refine_diagnostic(toy_data, refine_ckpt, tmp_path):
     assert all(inj[op]["errors"] > 50 for op in ("repeat", "replace", "swap"))
     assert inj["replace"]["fixed_rate"] > 0.5
     assert (tmp_path / "diag.png").exists() and "Injected errors" in (tmp_path / "diag.md").read_text()
+
+
+# -- shortening (--target-eos-slack) ------------------------------------------------------------
+def test_shortening_target_and_trim(toy_data):
+    """The decoder target is y, then 1 + s </s> (s <= S in training, 0 in evaluation); the
+    length predictor still predicts len(y); decoding trims every output at its first </s>."""
+    from nar_refine.inference.adaptive_refinement import trim_at_eos
+
+    task, model, _ = _build(toy_data, ["--target-eos-slack", "2"])
+    d = task.target_dictionary
+    eos, pad = d.eos(), d.pad()
+    target = torch.tensor([[7, 8, 9, eos], [7, 8, eos, pad]])
+    model.eval()
+    Y, content, canvas = model.decoder_target(target)
+    assert Y.tolist() == [[7, 8, 9, eos], [7, 8, eos, pad]]
+    assert content.tolist() == [3, 2] and canvas.tolist() == [4, 3]
+    Y, _, canvas = model.decoder_target(target, torch.tensor([3, 1]))
+    assert Y.tolist() == [[7, 8, 9, eos, eos, eos], [7, 8, eos, pad, pad, pad]]
+    model.train()
+    extras = {int(model.training_extra(content)[0]) for _ in range(200)}
+    assert extras == {1, 2, 3}
+    assert model.canvas_lengths(torch.tensor([5])).tolist() == [6]
+    tok, lp = trim_at_eos(torch.tensor([[5, eos, 6, eos], [5, 6, 7, 8]]), torch.ones(2, 4), eos, pad)
+    assert tok.tolist() == [[5, pad, pad, pad], [5, 6, 7, 8]] and lp.tolist() == [[1, 0, 0, 0], [1] * 4]
+    _, plain, _ = _build(toy_data, [])
+    assert plain.decoder_target(target)[0].tolist() == [[7, 8, 9], [7, 8, pad]]
+    with pytest.raises(Exception, match="--target-eos-slack must be >= 0"):
+        _build(toy_data, ["--target-eos-slack", "-1"])
+
+
+def test_shortening_ends_a_too_long_canvas(toy_data, tmp_path):
+    """Trained with --target-eos-slack, decoder 1 given a canvas 2 longer than the reference
+    writes the reference's length and then </s> (no filler), and fairseq-generate prints no
+    </s> or padding inside a hypothesis."""
+    train(toy_data, str(tmp_path), REFINE_ARGS + ["--disable-validation", "--target-eos-slack", "2"],
+          max_update=250)
+    ckpt = str(tmp_path / "checkpoint_last.pt")
+    from fairseq import checkpoint_utils
+    from nar_refine.inference.adaptive_refinement import trim_at_eos
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([ckpt], arg_overrides={"data": toy_data})
+    model = models[0].eval()
+    task.load_dataset("test")
+    ds = task.dataset("test")
+    sample = ds.collater([ds[i] for i in range(len(ds))])
+    d = task.target_dictionary
+    with torch.no_grad():
+        enc = model.encode(sample["net_input"]["src_tokens"], sample["net_input"]["src_lengths"])
+        _, gold, _ = model.decoder_target(sample["target"])
+        out = model.initial_step(enc, gold + 3)[0].argmax(-1)
+        mask = torch.arange(out.size(1))[None, :] >= (gold + 3)[:, None]
+        tok, _ = trim_at_eos(out.masked_fill(mask, d.pad()), None, d.eos(), d.pad())
+    over = (tok.ne(d.pad()).sum(-1) - gold).float()  # without shortening: 3 for every sentence
+    assert over.abs().mean() < 1.0 and (over < 3).float().mean() > 0.9, over.tolist()
+    proc = generate(toy_data, ckpt, NAR + ["--retain-iter-history", "--iter-decode-max-iter", "3",
+                                           "--iter-decode-force-max-iter"])
+    hyps = parse_hypotheses(proc.stdout)
+    assert len(hyps) == 60 and all(h and "</s>" not in h and "<pad>" not in h for h in hyps.values())
+    steps = [l for l in proc.stdout.splitlines() if l.startswith("E-")]
+    assert len(steps) == 60 * 4 and not any("</s>" in l or "<pad>" in l for l in steps)
+    # the diagnostic injects its errors into y's positions of the gold canvas (y </s>)
+    out = tmp_path / "diag"
+    run([sys.executable, str(Path(USER_DIR).parent / "scripts" / "refine_diagnostic.py"), "--path", ckpt,
+         "--data-bin", toy_data, "--gen-subset", "test", "--steps", "2", "--remove-bpe", "none",
+         "--inject-data", toy_data, "--out", str(out)])
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert [r["step"] for r in res["steps"]] == [0, 1, 2] and res["steps"][0]["bleu"] > 50
+    assert res["injected"]["replace"]["fixed_rate"] > 0.5

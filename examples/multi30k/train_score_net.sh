@@ -5,6 +5,7 @@
 #   -> WORK/checkpoints/score_net/checkpoint_best.pt
 # Usage: train_score_net.sh [--smoke] [WORKDIR] [-- extra fairseq-train args]
 # Env overrides: MAX_UPDATE, LR, WARMUP, DROPOUT, LANMT (checkpoint path),
+#   NAME (checkpoint folder under WORK/checkpoints; default score_net or energy_net),
 #   DELTA_STEPS (k of the target z_k - z, default 4) and NOISE_DRAW (uniform: start points
 #   mu + u * sigma * eps with u ~ U(0,1) per batch; fixed: u = 1), the reference's recipe
 #   (zomux/lanmt-ebm); DELTA_STEPS=1 NOISE_DRAW=fixed is nar_refine 0.1's recipe.
@@ -23,7 +24,7 @@ DELTA_STEPS=${DELTA_STEPS:-4}
 NOISE_DRAW=${NOISE_DRAW:-uniform}
 STOP_HOURS=${STOP_HOURS:-0}  # wall-time budget in hours (0: none)
 
-train "$WORK/checkpoints/${KIND}_net" "$TRAIN_BIN" \
+train "$WORK/checkpoints/${NAME:-${KIND}_net}" "$TRAIN_BIN" \
   --task nar_translation --arch $ARCH --lanmt-path "$LANMT" \
   --criterion score_matching --delta-steps $DELTA_STEPS --noise-scale-draw $NOISE_DRAW \
   --inference-dropout $DROPOUT \

@@ -2,9 +2,11 @@
 
 1. predict the length (or ``length_beam`` lengths around the best one);
 2. decoder 1 gives y^0;
+   (with shortening, ``--target-eos-slack``, the canvas is one position longer, for </s>);
 3. decoder 2 refines y^{l-1} -> y^l, at most ``max_iter`` times; with ``adaptive`` a sentence
    stops, and leaves the batch, once it has converged (below);
-4. among the length candidates keep the best by mean token log-probability plus the length
+4. with shortening, each output ends at its first </s>;
+5. among the length candidates keep the best by mean token log-probability plus the length
    log-probability log p(T|x) (the mean alone prefers short outputs: every position of a
    too-short copy can still be confident); with a ``scorer`` (``--teacher-path``: an
    autoregressive teacher, sum of log p_AR(y|x) over the tokens and </s>) the candidates are
@@ -50,6 +52,13 @@ def refine_hypotheses(gen, best, tokens, lprobs, steps, rank, scores, history, b
     )
 
 
+def trim_at_eos(tokens, lprobs, eos, pad):
+    """Shortening: every position from a row's first </s> on becomes padding."""
+    ended = tokens.eq(eos).long().cumsum(-1) > 0
+    tokens = tokens.masked_fill(ended, pad)
+    return tokens, (lprobs.masked_fill(ended, 0.0) if lprobs is not None else None)
+
+
 class AdaptiveRefinementGenerator:
     def __init__(self, tgt_dict, max_iter=10, adaptive=True, length_beam=1, retain_history=False,
                  max_len=256, window=2, min_steps=3, scorer=None, keep_candidates=False):
@@ -85,6 +94,8 @@ class AdaptiveRefinementGenerator:
         lengths = model.length_predictor.predict(length_logits, enc["length"], beam, self.max_len)
         length_lp = model.length_predictor.log_prob(length_logits, enc["length"], lengths).view(-1)
         lengths = lengths.view(-1)
+        if hasattr(model, "canvas_lengths"):  # shortening: room for the </s>
+            lengths = model.canvas_lengths(lengths).clamp(max=self.max_len)
         if beam > 1:
             enc = enc.index(torch.arange(bsz, device=lengths.device).repeat_interleave(beam))
 
@@ -115,6 +126,11 @@ class AdaptiveRefinementGenerator:
                 done = (stale[active] >= self.window) & (steps[active] >= self.min_steps)
                 active = active[~done]
 
+        if getattr(model, "eos_slack", 0) > 0:  # shortening: the output ends at its first </s>
+            tokens, lprobs = trim_at_eos(tokens, lprobs, self.eos, self.pad)
+            if history is not None:
+                history = [trim_at_eos(h, None, self.eos, self.pad)[0] for h in history]
+            lengths = tokens.ne(self.pad).long().sum(-1).clamp(min=1)
         # keep the best length candidate: by the model's own rank, or by the scorer's
         rank = lprobs.sum(-1) / lengths.float() + length_lp
         scores = None

@@ -132,6 +132,15 @@ class RefineNATModel(FairseqEncoderDecoderModel):
                             "pre (LN before each sublayer plus a final LN; nar_refine < 0.3). In a "
                             "pre-norm refinement decoder the previous tokens' embeddings reach "
                             "the output almost untouched, which makes copying them easy")
+        parser.add_argument("--target-eos-slack", type=int, metavar="S",
+                            help="shortening: the decoders write y followed by </s> on a canvas "
+                            "one position longer than the predicted length, and the output ends "
+                            "at the first </s>; in training the canvas is 1 + s positions longer "
+                            "than y (s uniform in 0..S, per sentence) and the extra positions "
+                            "are </s>, so that a too-long canvas can be filled with </s> instead "
+                            "of repeated words, by decoder 1 or by a refinement step (the "
+                            "reference code trims at the first predicted end of sentence); 0 = "
+                            "no </s> in the target, a fixed output length (nar_refine < 0.4)")
         parser.add_argument("--refine-embedding", choices=["own", "shared"],
                             help="the refinement decoder's token matrix: own (one matrix, not "
                             "shared with the encoder or decoder 1, embeds its input tokens and "
@@ -150,6 +159,8 @@ class RefineNATModel(FairseqEncoderDecoderModel):
     def build_model(cls, args, task):
         base_architecture(args)
         require_nar_task(task, "refine_nat")
+        if args.target_eos_slack < 0:
+            raise NARConfigError(f"--target-eos-slack must be >= 0 (0 = no shortening), got {args.target_eos_slack}")
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         enc_emb = Embedding(len(src_dict), args.encoder_embed_dim, src_dict.pad())
         if args.share_all_embeddings:
@@ -165,6 +176,37 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         return cls(args, encoder, decoder, length)
 
     # -- pieces, used by training and by the generator ------------------------------------
+    @property
+    def eos_slack(self):
+        return getattr(self.args, "target_eos_slack", 0) or 0
+
+    def canvas_lengths(self, lengths):
+        """Decoder width for predicted (content) lengths: one more for the </s> of shortening."""
+        return lengths + 1 if self.eos_slack > 0 else lengths
+
+    def decoder_target(self, target, extra=None):
+        """fairseq's target -> (decoder target Y, content lengths T, canvas lengths).
+
+        Without shortening Y is y (no </s>). With ``--target-eos-slack S``, Y is y followed by
+        ``extra`` </s> per sentence (a tensor; default 1: the canvas at the gold length)."""
+        y, lengths = target_without_eos(target, self.pad, self.eos)
+        if self.eos_slack <= 0:
+            return y, lengths, lengths
+        extra = torch.ones_like(lengths) if extra is None else extra
+        canvas = lengths + extra
+        pos = torch.arange(int(canvas.max()), device=y.device)[None, :]
+        Y = y.new_full((y.size(0), pos.size(1)), self.pad)
+        Y[:, : y.size(1)] = y
+        Y = Y.masked_fill((pos >= lengths[:, None]) & (pos < canvas[:, None]), self.eos)
+        return Y, lengths, canvas
+
+    def training_extra(self, lengths):
+        """1 + s </s> per sentence, s ~ U{0..S} in training; 1 in evaluation (gold canvas)."""
+        extra = torch.ones_like(lengths)
+        if self.training and self.eos_slack > 0:
+            extra = extra + torch.randint(0, self.eos_slack + 1, lengths.shape, device=lengths.device)
+        return extra
+
     def encode(self, src_tokens, src_lengths):
         return encode_source(self.encoder, src_tokens, src_lengths, self.pad, self.eos,
                              layer_sum=self.args.length_input == "layers")
@@ -198,7 +240,8 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         """
         assert tgt_tokens is not None, "refine_nat.forward needs the target for training"
         plan = plan or RefinePlan()
-        y, tgt_lengths = target_without_eos(tgt_tokens, self.pad, self.eos)
+        _, content = target_without_eos(tgt_tokens, self.pad, self.eos)
+        y, tgt_lengths, canvas = self.decoder_target(tgt_tokens, self.training_extra(content))
         enc = self.encode(src_tokens, src_lengths)
         outputs = {
             "length": {
@@ -207,7 +250,7 @@ class RefineNATModel(FairseqEncoderDecoderModel):
             }
         }
         tgt_mask = y.ne(self.pad)
-        logits, hidden = self.initial_step(enc, tgt_lengths)
+        logits, hidden = self.initial_step(enc, canvas)
         outputs["pass_0"] = {"out": logits, "tgt": y, "mask": tgt_mask}
         for k in range(1, plan.passes):
             own = self.sample_or_argmax(logits, plan.stochastic).masked_fill(~tgt_mask, self.pad)
@@ -350,6 +393,7 @@ def base_architecture(args):
     args.length_input = getattr(args, "length_input", "last")
     args.decoder_norm = getattr(args, "decoder_norm", "post")
     args.refine_embedding = getattr(args, "refine_embedding", "own")
+    args.target_eos_slack = getattr(args, "target_eos_slack", 0)
     _nat_defaults(args)
 
 
