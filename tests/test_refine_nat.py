@@ -556,7 +556,8 @@ def test_refine_diagnostic(toy_data, refine_ckpt, tmp_path):
 
 # -- shortening (--target-eos-slack) ------------------------------------------------------------
 def test_shortening_target_and_trim(toy_data):
-    """The decoder target is y, then 1 + s </s> (s <= S in training, 0 in evaluation); the
+    """The decoder target is y, then 1 + s </s> (s <= S in training; in evaluation the
+    decoding canvas's 1 + ceil(S/2)); the
     length predictor still predicts len(y); decoding trims every output at its first </s>."""
     from nar_refine.inference.adaptive_refinement import trim_at_eos
 
@@ -565,15 +566,16 @@ def test_shortening_target_and_trim(toy_data):
     eos, pad = d.eos(), d.pad()
     target = torch.tensor([[7, 8, 9, eos], [7, 8, eos, pad]])
     model.eval()
-    Y, content, canvas = model.decoder_target(target)
-    assert Y.tolist() == [[7, 8, 9, eos], [7, 8, eos, pad]]
-    assert content.tolist() == [3, 2] and canvas.tolist() == [4, 3]
+    Y, content, canvas = model.decoder_target(target)  # evaluation: decoding's 1 + ceil(S/2)
+    assert Y.tolist() == [[7, 8, 9, eos, eos], [7, 8, eos, eos, pad]]
+    assert content.tolist() == [3, 2] and canvas.tolist() == [5, 4]
+    assert model.training_extra(content).tolist() == [2, 2]
     Y, _, canvas = model.decoder_target(target, torch.tensor([3, 1]))
     assert Y.tolist() == [[7, 8, 9, eos, eos, eos], [7, 8, eos, pad, pad, pad]]
     model.train()
     extras = {int(model.training_extra(content)[0]) for _ in range(200)}
     assert extras == {1, 2, 3}
-    assert model.canvas_lengths(torch.tensor([5])).tolist() == [6]
+    assert model.canvas_lengths(torch.tensor([5])).tolist() == [7]  # 1 + ceil(S/2): training's mean
     tok, lp = trim_at_eos(torch.tensor([[5, eos, 6, eos], [5, 6, 7, 8]]), torch.ones(2, 4), eos, pad)
     assert tok.tolist() == [[5, pad, pad, pad], [5, 6, 7, 8]] and lp.tolist() == [[1, 0, 0, 0], [1] * 4]
     _, plain, _ = _build(toy_data, [])

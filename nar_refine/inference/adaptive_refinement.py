@@ -2,7 +2,7 @@
 
 1. predict the length (or ``length_beam`` lengths around the best one);
 2. decoder 1 gives y^0;
-   (with shortening, ``--target-eos-slack``, the canvas is one position longer, for </s>);
+   (with shortening, ``--target-eos-slack S``, on a canvas 1 + ceil(S/2) positions longer);
 3. decoder 2 refines y^{l-1} -> y^l, at most ``max_iter`` times; with ``adaptive`` a sentence
    stops, and leaves the batch, once it has converged (below);
 4. with shortening, each output ends at its first </s>;

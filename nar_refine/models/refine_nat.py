@@ -133,14 +133,13 @@ class RefineNATModel(FairseqEncoderDecoderModel):
                             "pre-norm refinement decoder the previous tokens' embeddings reach "
                             "the output almost untouched, which makes copying them easy")
         parser.add_argument("--target-eos-slack", type=int, metavar="S",
-                            help="shortening: the decoders write y followed by </s> on a canvas "
-                            "one position longer than the predicted length, and the output ends "
-                            "at the first </s>; in training the canvas is 1 + s positions longer "
-                            "than y (s uniform in 0..S, per sentence) and the extra positions "
-                            "are </s>, so that a too-long canvas can be filled with </s> instead "
-                            "of repeated words, by decoder 1 or by a refinement step (the "
-                            "reference code trims at the first predicted end of sentence); 0 = "
-                            "no </s> in the target, a fixed output length (nar_refine < 0.4)")
+                            help="shortening: in training the decoders write y followed by </s> "
+                            "on a canvas 1 + s positions longer than y (s uniform in 0..S, per "
+                            "sentence); decoding writes on the predicted length plus the mean of "
+                            "that, 1 + ceil(S/2), and the output ends at its first </s>, so that "
+                            "a too-long canvas can be filled with </s> instead of repeated words, "
+                            "by decoder 1 or by a refinement step (the reference code trims at "
+                            "the first predicted end of sentence); 0 = no </s> in the target, a fixed output length (nar_refine < 0.4)")
         parser.add_argument("--refine-embedding", choices=["own", "shared"],
                             help="the refinement decoder's token matrix: own (one matrix, not "
                             "shared with the encoder or decoder 1, embeds its input tokens and "
@@ -181,18 +180,26 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         return getattr(self.args, "target_eos_slack", 0) or 0
 
     def canvas_lengths(self, lengths):
-        """Decoder width for predicted (content) lengths: one more for the </s> of shortening."""
-        return lengths + 1 if self.eos_slack > 0 else lengths
+        """Decoder width for predicted (content) lengths. With shortening the training canvas
+        is 1 + s longer than y (s ~ U{0..S}); decoding adds the same on average,
+        1 + ceil(S / 2), so that the decoder's sense of where the end lies is the one it was
+        trained with (one more position only: outputs ended about a word early)."""
+        return lengths + self.decoding_extra() if self.eos_slack > 0 else lengths
+
+    def decoding_extra(self):
+        """</s> positions after y on a decoding (and a gold, evaluation) canvas: 1 + ceil(S/2)."""
+        return 1 + (self.eos_slack + 1) // 2
 
     def decoder_target(self, target, extra=None):
         """fairseq's target -> (decoder target Y, content lengths T, canvas lengths).
 
         Without shortening Y is y (no </s>). With ``--target-eos-slack S``, Y is y followed by
-        ``extra`` </s> per sentence (a tensor; default 1: the canvas at the gold length)."""
+        ``extra`` </s> per sentence (a tensor; default ``decoding_extra()``: the canvas that
+        decoding would use at the gold length)."""
         y, lengths = target_without_eos(target, self.pad, self.eos)
         if self.eos_slack <= 0:
             return y, lengths, lengths
-        extra = torch.ones_like(lengths) if extra is None else extra
+        extra = torch.full_like(lengths, self.decoding_extra()) if extra is None else extra
         canvas = lengths + extra
         pos = torch.arange(int(canvas.max()), device=y.device)[None, :]
         Y = y.new_full((y.size(0), pos.size(1)), self.pad)
@@ -201,9 +208,12 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         return Y, lengths, canvas
 
     def training_extra(self, lengths):
-        """1 + s </s> per sentence, s ~ U{0..S} in training; 1 in evaluation (gold canvas)."""
+        """1 + s </s> per sentence, s ~ U{0..S} in training; in evaluation the decoding canvas's
+        1 + ceil(S/2), so that validation runs the chain decoding runs."""
+        if not self.training:
+            return torch.full_like(lengths, self.decoding_extra())
         extra = torch.ones_like(lengths)
-        if self.training and self.eos_slack > 0:
+        if self.eos_slack > 0:
             extra = extra + torch.randint(0, self.eos_slack + 1, lengths.shape, device=lengths.device)
         return extra
 
