@@ -557,8 +557,8 @@ def test_refine_diagnostic(toy_data, refine_ckpt, tmp_path):
 # -- shortening (--target-eos-slack) ------------------------------------------------------------
 def test_shortening_target_and_trim(toy_data):
     """The decoder target is y, then 1 + s </s> (s <= S in training; in evaluation the
-    decoding canvas's 1 + ceil(S/2)); the
-    length predictor still predicts len(y); decoding trims every output at its first </s>."""
+    decoding canvas's 1 + ceil(S/2)); the length predictor still predicts len(y); decoding
+    trims every output at its first </s>."""
     from nar_refine.inference.adaptive_refinement import trim_at_eos
 
     task, model, _ = _build(toy_data, ["--target-eos-slack", "2"])
@@ -585,8 +585,9 @@ def test_shortening_target_and_trim(toy_data):
 
 
 def test_shortening_ends_a_too_long_canvas(toy_data, tmp_path):
-    """Trained with --target-eos-slack, decoder 1 given a canvas 2 longer than the reference
-    writes the reference's length and then </s> (no filler), and fairseq-generate prints no
+    """Trained with --target-eos-slack 2, decoder 1 given a canvas 3 positions longer than the
+    reference (the longest training canvas) writes about the reference's length and then </s>
+    (no filler), and fairseq-generate prints no
     </s> or padding inside a hypothesis."""
     train(toy_data, str(tmp_path), REFINE_ARGS + ["--disable-validation", "--target-eos-slack", "2"],
           max_update=250)

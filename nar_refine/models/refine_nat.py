@@ -139,7 +139,8 @@ class RefineNATModel(FairseqEncoderDecoderModel):
                             "that, 1 + ceil(S/2), and the output ends at its first </s>, so that "
                             "a too-long canvas can be filled with </s> instead of repeated words, "
                             "by decoder 1 or by a refinement step (the reference code trims at "
-                            "the first predicted end of sentence); 0 = no </s> in the target, a fixed output length (nar_refine < 0.4)")
+                            "the first predicted end of sentence); 0 = no </s> in the target, "
+                            "a fixed output length (nar_refine < 0.4)")
         parser.add_argument("--refine-embedding", choices=["own", "shared"],
                             help="the refinement decoder's token matrix: own (one matrix, not "
                             "shared with the encoder or decoder 1, embeds its input tokens and "
@@ -159,7 +160,8 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         base_architecture(args)
         require_nar_task(task, "refine_nat")
         if args.target_eos_slack < 0:
-            raise NARConfigError(f"--target-eos-slack must be >= 0 (0 = no shortening), got {args.target_eos_slack}")
+            raise NARConfigError(
+                f"--target-eos-slack must be >= 0 (0 = no shortening), got {args.target_eos_slack}")
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         enc_emb = Embedding(len(src_dict), args.encoder_embed_dim, src_dict.pad())
         if args.share_all_embeddings:
@@ -194,13 +196,12 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         """fairseq's target -> (decoder target Y, content lengths T, canvas lengths).
 
         Without shortening Y is y (no </s>). With ``--target-eos-slack S``, Y is y followed by
-        ``extra`` </s> per sentence (a tensor; default ``decoding_extra()``: the canvas that
-        decoding would use at the gold length)."""
+        ``extra`` </s> per sentence (a tensor; default ``training_extra``: random in training,
+        in evaluation the canvas that decoding would use at the gold length)."""
         y, lengths = target_without_eos(target, self.pad, self.eos)
         if self.eos_slack <= 0:
             return y, lengths, lengths
-        extra = torch.full_like(lengths, self.decoding_extra()) if extra is None else extra
-        canvas = lengths + extra
+        canvas = lengths + (self.training_extra(lengths) if extra is None else extra)
         pos = torch.arange(int(canvas.max()), device=y.device)[None, :]
         Y = y.new_full((y.size(0), pos.size(1)), self.pad)
         Y[:, : y.size(1)] = y
@@ -250,8 +251,7 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         """
         assert tgt_tokens is not None, "refine_nat.forward needs the target for training"
         plan = plan or RefinePlan()
-        _, content = target_without_eos(tgt_tokens, self.pad, self.eos)
-        y, tgt_lengths, canvas = self.decoder_target(tgt_tokens, self.training_extra(content))
+        y, tgt_lengths, canvas = self.decoder_target(tgt_tokens)
         enc = self.encode(src_tokens, src_lengths)
         outputs = {
             "length": {
