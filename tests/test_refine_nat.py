@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (USER_DIR, cli, generate, log_lines, log_value, parse_bleu, parse_hypotheses,
+from helpers import (REPO, USER_DIR, cli, generate, log_lines, log_value, parse_bleu, parse_hypotheses,
                      preprocess, run, train, write_toy_corpus)
 
 NAR = ["--task", "nar_translation"]
@@ -475,6 +475,40 @@ def test_refinement_decoder_has_its_own_matrix_and_post_norm(toy_data):
         dec.refine_projection.weight.add_(torch.randn_like(dec.refine_projection.weight))
     assert torch.equal(model.initial_step(enc, torch.tensor([3]))[0], logits0)
     assert not torch.allclose(model.refine_step(enc, logits0.argmax(-1), h)[0], before)
+
+
+def test_refine_input_tokens_reads_no_hidden_state(toy_data, tmp_path):
+    """--refine-input tokens: a refinement step depends on the previous tokens only (the hidden
+    states, which carry the previous prediction, are not read); the default reads both. The
+    option trains and decodes through fairseq-train / fairseq-generate."""
+    src = torch.tensor([[5, 6, 7, 2]])
+    for choice, reads_hidden in (("tokens+hidden", True), ("tokens", False)):
+        _, model, _ = _build(toy_data, ["--refine-input", choice])
+        model.eval()
+        enc = model.encode(src, torch.tensor([4]))
+        logits0, h = model.initial_step(enc, torch.tensor([3]))
+        prev = logits0.argmax(-1)
+        a = model.refine_step(enc, prev, h)[0]
+        b = model.refine_step(enc, prev, h + torch.randn_like(h))[0]
+        assert torch.allclose(a, b) != reads_hidden, choice
+        c = model.refine_step(enc, (prev + 1) % 4 + 4, h)[0]
+        assert not torch.allclose(a, c), choice  # the tokens are read either way
+    train(toy_data, str(tmp_path), REFINE_ARGS + ["--refine-input", "tokens"], max_update=3)
+    hyps = parse_hypotheses(generate(toy_data, str(tmp_path / "checkpoint_last.pt"), NAR).stdout)
+    assert len(hyps) == 60
+    state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert state["cfg"]["model"].refine_input == "tokens"
+    # the compiled path: the refinement pass's graph has no use for the hidden states
+    pytest.importorskip("onnxruntime")
+    folder = str(tmp_path / "onnx")
+    proc = run([sys.executable, str(REPO / "scripts" / "export_onnx.py"), "--path",
+                str(tmp_path / "checkpoint_last.pt"), "--data-bin", toy_data, "--out", folder])
+    assert "exported refine_nat to" in proc.stdout, proc.stdout[-2000:]
+    fixed = NAR + ["--iter-decode-max-iter", "3", "--iter-decode-force-max-iter"]
+    eager = parse_hypotheses(generate(toy_data, str(tmp_path / "checkpoint_last.pt"), fixed).stdout)
+    compiled = parse_hypotheses(generate(toy_data, str(tmp_path / "checkpoint_last.pt"),
+                                         fixed + ["--onnx-dir", folder]).stdout)
+    assert compiled == eager
 
 
 def test_checkpoint_of_older_version_loads_as_it_was_built(toy_data, tmp_path):

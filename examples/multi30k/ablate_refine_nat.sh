@@ -12,9 +12,11 @@
 #   teacher_encoder  full, the encoder started from the teacher's (--init-encoder-from)
 #   shortening   teacher_encoder plus </s> in the target (--target-eos-slack 2): a too-long
 #                output can end early instead of filling its extra positions
+#   tokens_only  teacher_encoder, but decoder 2 reads the previous tokens only, not the previous
+#                pass's hidden states (--refine-input tokens): no path to copy the prediction
 # Usage: ablate_refine_nat.sh [--smoke] [WORKDIR]   (runs are resumable; DONE files skip them)
 # Env: UPDATES (default 800), VARIANTS (default "full old independent prenorm shared"; also
-# teacher_encoder and shortening, which need the teacher; run two
+# teacher_encoder, shortening and tokens_only, which need the teacher; run two
 # lists in parallel for two lanes), OUT (table, default WORK/ablation/refine_ablation.md).
 source "$(dirname "$0")/common.sh"
 if [ "$SMOKE" = 1 ]; then UPDATES=${UPDATES:-20}; else UPDATES=${UPDATES:-800}; fi
@@ -26,11 +28,13 @@ declare -A VARIANT_ARGS=(
   [shared]="--refine-embedding shared"
   [teacher_encoder]="--init-encoder-from $WORK/checkpoints/teacher/checkpoint_best.pt"
   [shortening]="--init-encoder-from $WORK/checkpoints/teacher/checkpoint_best.pt --target-eos-slack 2"
+  [tokens_only]="--init-encoder-from $WORK/checkpoints/teacher/checkpoint_best.pt --refine-input tokens"
 )
 declare -A NOTE=([full]="defaults" [old]="nar_refine 0.2 (all three off)"
   [independent]="independent corruption" [prenorm]="pre-norm" [shared]="shared matrix"
   [teacher_encoder]="encoder from the teacher"
-  [shortening]="encoder from the teacher + shortening")
+  [shortening]="encoder from the teacher + shortening"
+  [tokens_only]="encoder from the teacher, decoder 2 reads tokens only")
 VALID_DISTIL="$WORK/data-bin-distil-valid"
 if [ ! -s "$VALID_DISTIL/valid.$SRC-$TGT.$TGT.bin" ]; then
   log "distilling the valid set (the injected-error test needs targets the models can reach)"
@@ -53,7 +57,7 @@ for v in ${VARIANTS:-full old independent prenorm shared}; do
   fi
 done
 diags=()
-for v in full old independent prenorm shared teacher_encoder shortening; do
+for v in full old independent prenorm shared teacher_encoder shortening tokens_only; do
   [ -s "$WORK/ablation/$v.json" ] && diags+=(--diag "$v=$WORK/ablation/$v.json=${NOTE[$v]}")
 done
 python "$REPO_DIR/scripts/ablation_table.py" "${diags[@]}" --out "${OUT:-$WORK/ablation/refine_ablation.md}" \

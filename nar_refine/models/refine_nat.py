@@ -146,6 +146,13 @@ class RefineNATModel(FairseqEncoderDecoderModel):
                             "shared with the encoder or decoder 1, embeds its input tokens and "
                             "projects its output, as the reference code; default) or shared (the "
                             "model's one embedding matrix; nar_refine < 0.3)")
+        parser.add_argument("--refine-input", choices=["tokens+hidden", "tokens"],
+                            help="what the refinement decoder reads: the embedding of the "
+                            "previous output plus the previous pass's hidden states (tokens+hidden, "
+                            "the paper; default), or the embedding alone (tokens): the hidden "
+                            "states carry the previous prediction, a path for copying it; without "
+                            "them a refinement step is a denoiser p(y | y_prev, x) and an "
+                            "unchanged output is a true fixed point")
 
     @staticmethod
     def upgrade_checkpoint_args(args):
@@ -325,6 +332,7 @@ class RefineNATDecoder(FairseqDecoder):
             nn.init.normal_(self.output_projection.weight, mean=0, std=dim**-0.5)
         # the refinement decoder's own matrix: embeds its input tokens and projects its output
         # (the reference's decoder[1].out, read as F.embedding(y, out.weight * sqrt(d)))
+        self.refine_reads_hidden = args.refine_input == "tokens+hidden"
         self.refine_projection = None
         if args.refine_embedding == "own":
             self.refine_projection = nn.Linear(dim, len(dictionary), bias=False)
@@ -340,15 +348,18 @@ class RefineNATDecoder(FairseqDecoder):
         return self.output_projection(h), h
 
     def refine_step(self, enc, prev_tokens, prev_hidden):
-        """Decoder 2 on embed(previous output) + previous hidden states -> (logits, hidden)."""
+        """Decoder 2 on embed(previous output) [+ previous hidden states] -> (logits, hidden)."""
         mask = prev_tokens.eq(self.dictionary.pad())
         if self.refine_projection is None:
-            x = self.embed_scale * self.embed_tokens(prev_tokens) + prev_hidden
-            h = self.refine(x, mask, enc["states"], enc["padding_mask"])
-            return self.output_projection(h), h
-        emb = F.embedding(prev_tokens, self.refine_projection.weight, self.dictionary.pad())
-        h = self.refine(self.embed_scale * emb + prev_hidden, mask, enc["states"], enc["padding_mask"])
-        return self.refine_projection(h), h
+            emb, project = self.embed_tokens(prev_tokens), self.output_projection
+        else:
+            emb = F.embedding(prev_tokens, self.refine_projection.weight, self.dictionary.pad())
+            project = self.refine_projection
+        x = self.embed_scale * emb
+        if self.refine_reads_hidden:
+            x = x + prev_hidden
+        h = self.refine(x, mask, enc["states"], enc["padding_mask"])
+        return project(h), h
 
     @staticmethod
     def _shift_to_start(states, start):
@@ -404,6 +415,7 @@ def base_architecture(args):
     args.decoder_norm = getattr(args, "decoder_norm", "post")
     args.refine_embedding = getattr(args, "refine_embedding", "own")
     args.target_eos_slack = getattr(args, "target_eos_slack", 0)
+    args.refine_input = getattr(args, "refine_input", "tokens+hidden")
     _nat_defaults(args)
 
 
