@@ -149,10 +149,9 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         parser.add_argument("--refine-input", choices=["tokens+hidden", "tokens"],
                             help="what the refinement decoder reads: the embedding of the "
                             "previous output plus the previous pass's hidden states (tokens+hidden, "
-                            "the paper; default), or the embedding alone (tokens): the hidden "
-                            "states carry the previous prediction, a path for copying it; without "
-                            "them a refinement step is a denoiser p(y | y_prev, x) and an "
-                            "unchanged output is a true fixed point")
+                            "the paper; default), or the embedding alone (tokens): a refinement "
+                            "step is then a denoiser p(y | y_prev, x) of the tokens alone and an "
+                            "unchanged output a true fixed point (ablation variant tokens_only)")
 
     @staticmethod
     def upgrade_checkpoint_args(args):
@@ -330,9 +329,9 @@ class RefineNATDecoder(FairseqDecoder):
             self.output_projection.weight = embed_tokens.weight
         else:
             nn.init.normal_(self.output_projection.weight, mean=0, std=dim**-0.5)
+        self.refine_reads_hidden = args.refine_input == "tokens+hidden"
         # the refinement decoder's own matrix: embeds its input tokens and projects its output
         # (the reference's decoder[1].out, read as F.embedding(y, out.weight * sqrt(d)))
-        self.refine_reads_hidden = args.refine_input == "tokens+hidden"
         self.refine_projection = None
         if args.refine_embedding == "own":
             self.refine_projection = nn.Linear(dim, len(dictionary), bias=False)
