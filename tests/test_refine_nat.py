@@ -621,8 +621,7 @@ def test_shortening_target_and_trim(toy_data):
 def test_shortening_ends_a_too_long_canvas(toy_data, tmp_path):
     """Trained with --target-eos-slack 2, decoder 1 given a canvas 3 positions longer than the
     reference (the longest training canvas) writes about the reference's length and then </s>
-    (no filler), and fairseq-generate prints no
-    </s> or padding inside a hypothesis."""
+    (no filler), and fairseq-generate prints no </s> or padding inside a hypothesis."""
     train(toy_data, str(tmp_path), REFINE_ARGS + ["--disable-validation", "--target-eos-slack", "2"],
           max_update=250)
     ckpt = str(tmp_path / "checkpoint_last.pt")

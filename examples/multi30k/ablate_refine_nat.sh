@@ -13,7 +13,7 @@
 #   shortening   teacher_encoder plus </s> in the target (--target-eos-slack 2): a too-long
 #                output can end early instead of filling its extra positions
 #   tokens_only  teacher_encoder, but decoder 2 reads the previous tokens only, not the previous
-#                pass's hidden states (--refine-input tokens): no path to copy the prediction
+#                pass's hidden states (--refine-input tokens): are they what a step copies?
 # Usage: ablate_refine_nat.sh [--smoke] [WORKDIR]   (runs are resumable; DONE files skip them)
 # Env: UPDATES (default 800), VARIANTS (default "full old independent prenorm shared"; also
 # teacher_encoder, shortening and tokens_only, which need the teacher; run two

@@ -219,10 +219,7 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         1 + ceil(S/2), so that validation runs the chain decoding runs."""
         if not self.training:
             return torch.full_like(lengths, self.decoding_extra())
-        extra = torch.ones_like(lengths)
-        if self.eos_slack > 0:
-            extra = extra + torch.randint(0, self.eos_slack + 1, lengths.shape, device=lengths.device)
-        return extra
+        return 1 + torch.randint(0, self.eos_slack + 1, lengths.shape, device=lengths.device)
 
     def encode(self, src_tokens, src_lengths):
         return encode_source(self.encoder, src_tokens, src_lengths, self.pad, self.eos,
