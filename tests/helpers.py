@@ -1,12 +1,16 @@
 """Tiny data and real fairseq CLI runs for the tests (after fairseq's tests/utils.py)."""
 
+import itertools
 import os
 import random
 import re
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
+
+import forkserver
 
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = str(REPO / "nar_refine")
@@ -19,12 +23,23 @@ def cli(name):
     return str(path) if path.exists() else name
 
 
+_RUNS = itertools.count()
+
+
 def run(cmd, check=True, env=None, timeout=1200, input=None):
-    """Run a CLI command; on failure show its output in the assertion message."""
+    """Run a CLI command; on failure show its output in the assertion message.
+
+    fairseq's console scripts and ``python script.py`` commands run in a fork of a server that
+    has imported torch and fairseq once (tests/forkserver.py); the rest as plain subprocesses."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     full_env.update(env or {})
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, input=input)
+    target = forkserver.target_of(cmd) if forkserver.ENABLED else None
+    if target is not None and forkserver.SERVER.usable_for(full_env):
+        tmp = Path(tempfile.gettempdir()) / f"nar_refine_fork_{os.getpid()}" / str(next(_RUNS))
+        proc = forkserver.SERVER.run(target, full_env, timeout, input, tmp)
+    else:
+        proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=full_env,
+                              timeout=timeout, input=input)
     if check:
         check_ok(cmd, proc)
     return proc

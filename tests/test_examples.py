@@ -183,8 +183,9 @@ def test_gpu_profile_bad_gpus(raw_multi30k, tmp_path, gpus, visible, message):
 def test_gpu_profile_plumbing_on_cpu(raw_multi30k, tmp_path):
     """run_pipeline.sh --smoke --gpu on a machine without CUDA: the GPU profile's commands run on
     the CPU without --fp16 and say so (teacher -> distillation -> CMLM -> LaNMT, evaluated)."""
+    # 30 updates per model: the plumbing is under test here (CI's smoke pipeline trains 100)
     env = {"DATA": str(raw_multi30k), "PATH": f"{BIN}:/usr/bin:/bin", "NAT_MODELS": "lanmt",
-           "BENCHMARK": "0"}
+           "BENCHMARK": "0", "MAX_UPDATE": "30"}
     work = tmp_path / "w"
     proc = run(["bash", EXAMPLE / "run_pipeline.sh", "--smoke", "--gpu", work], env=env, timeout=1500)
     assert "[--gpu] no CUDA device here" in proc.stderr

@@ -27,7 +27,8 @@ REFINE_ARGS = [
 @pytest.fixture(scope="session")
 def refine_ckpt(toy_data, tmp_path_factory):
     save = tmp_path_factory.mktemp("refine")
-    proc = train(toy_data, str(save), REFINE_ARGS + ["--disable-validation"], max_update=250)
+    proc = train(toy_data, str(save), REFINE_ARGS + ["--disable-validation", "--max-tokens", "1000"],
+                 max_update=250)
     return str(save / "checkpoint_last.pt"), proc.stdout + proc.stderr
 
 
@@ -622,8 +623,8 @@ def test_shortening_ends_a_too_long_canvas(toy_data, tmp_path):
     """Trained with --target-eos-slack 2, decoder 1 given a canvas 3 positions longer than the
     reference (the longest training canvas) writes about the reference's length and then </s>
     (no filler), and fairseq-generate prints no </s> or padding inside a hypothesis."""
-    train(toy_data, str(tmp_path), REFINE_ARGS + ["--disable-validation", "--target-eos-slack", "2"],
-          max_update=250)
+    train(toy_data, str(tmp_path), REFINE_ARGS + ["--disable-validation", "--target-eos-slack", "2",
+                                                  "--max-tokens", "800"], max_update=250)
     ckpt = str(tmp_path / "checkpoint_last.pt")
     from fairseq import checkpoint_utils
     from nar_refine.inference.adaptive_refinement import trim_at_eos
