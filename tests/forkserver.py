@@ -225,12 +225,6 @@ class ForkServer:
             f.unlink()
         return result
 
-    def close(self):
-        if self.conn is not None:
-            self.conn.close()
-            self.proc.wait(timeout=30)
-            self.proc = self.conn = None
-
 
 SERVER = ForkServer()
 ENABLED = os.environ.get("NAR_REFINE_TEST_FORK", "1") != "0"

@@ -1,6 +1,5 @@
 """Tiny data and real fairseq CLI runs for the tests (after fairseq's tests/utils.py)."""
 
-import itertools
 import os
 import random
 import re
@@ -23,9 +22,6 @@ def cli(name):
     return str(path) if path.exists() else name
 
 
-_RUNS = itertools.count()
-
-
 def run(cmd, check=True, env=None, timeout=1200, input=None):
     """Run a CLI command; on failure show its output in the assertion message.
 
@@ -35,7 +31,9 @@ def run(cmd, check=True, env=None, timeout=1200, input=None):
     full_env.update(env or {})
     target = forkserver.target_of(cmd) if forkserver.ENABLED else None
     if target is not None and forkserver.SERVER.usable_for(full_env):
-        tmp = Path(tempfile.gettempdir()) / f"nar_refine_fork_{os.getpid()}" / str(next(_RUNS))
+        # one folder per test process for the command's stdin/stdout/stderr files (commands of
+        # one process run one at a time; the files are removed after each)
+        tmp = Path(tempfile.gettempdir()) / f"nar_refine_fork_{os.getpid()}"
         proc = forkserver.SERVER.run(target, full_env, timeout, input, tmp)
     else:
         proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=full_env,
