@@ -39,6 +39,9 @@ for m in teacher cmlm refine_nat lanmt score_net energy_net; do
 done
 [ -n "$patterns" ] || { echo "no released models in $MODELS" >&2; exit 1; }
 ARGS+=(--systems "$patterns")
+# latent search as tuned on the valid set for the released LaNMT (noise 1.0; m up to 40):
+# results/ablation/decoding_sweeps.md
+ARGS+=(--search-noise 1.0 --search-sizes 5,10,20,40)
 cd "$REPO"
 python scripts/benchmark.py "${ARGS[@]}" "${EXTRA[@]}"
 BLIND=${BLIND:-$REPO/../shared/data/multi30k-blind}
