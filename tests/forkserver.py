@@ -52,8 +52,8 @@ def target_of(cmd):
     return ("entry", ep[0], ep[1], cmd) if ep else None
 
 
-# sys.path of a fresh interpreter, less its first entry (the script's folder)
-_LIBRARY_PATH = [p for p in sys.path[1:] if p]
+# sys.path of a fresh interpreter, less its first entry (the script's folder): set by serve()
+_LIBRARY_PATH = []
 
 
 # the root logger's set-up that importing fairseq leaves (some of its modules call
