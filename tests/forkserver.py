@@ -9,13 +9,23 @@ exit status and atexit handlers, calling the same entry point as the console scr
 The command-line interfaces and the code they run are unchanged; only the interpreter start is
 shared. ``NAR_REFINE_TEST_FORK=0`` runs every command as a plain subprocess instead.
 
+Shell scripts (``bash examples/multi30k/run_pipeline.sh``, the README's Quick start) reach the
+same forks through exported bash functions named after the console scripts (and ``python`` for
+``python script.py``): each calls tests/fork_client.py, which hands the command, its
+environment, working directory and its stdin/stdout/stderr descriptors to a server listening on
+a Unix socket and exits with the command's status. Functions take precedence over ``PATH``, so
+``source .venv/bin/activate`` does not bypass them; ``exec``, ``nice``, ``timeout`` and
+``nohup`` do (those commands run as plain processes).
+
 Commands whose import-time environment differs from the server's (hash seed, thread counts,
 ``PYTHONPATH``) run as plain subprocesses, as do the ones this module does not recognise.
 """
 
+import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 from multiprocessing.connection import Connection, wait
@@ -97,8 +107,15 @@ def _child(request):
     target, env, cwd, files = request
     code = 1
     try:
-        os.setpgid(0, 0)
-        for fd, (name, flags) in enumerate(files):
+        for fd, spec in enumerate(files):
+            if isinstance(spec, int):  # a descriptor received from a shell's client
+                if spec != fd:
+                    os.dup2(spec, fd)
+                    os.close(spec)
+                continue
+            if fd == 0:  # a command of helpers.run: its own process group (killed on timeout)
+                os.setpgid(0, 0)
+            name, flags = spec
             f = os.open(name, flags, 0o644)
             os.dup2(f, fd)
             os.close(f)
@@ -145,8 +162,8 @@ def _child(request):
             os._exit(code & 0xFF)
 
 
-def serve(fd):
-    """The server loop: import once, then fork one child per request."""
+def _preload():
+    """Import torch and fairseq once; record what a fresh interpreter would start from."""
     global _LIBRARY_PATH, _FAIRSEQ_LOGGING
     import logging
 
@@ -160,6 +177,11 @@ def serve(fd):
         fmt = root.handlers[0].formatter
         _FAIRSEQ_LOGGING = dict(format=fmt._fmt, datefmt=fmt.datefmt, level=root.level)
     _LIBRARY_PATH = [p for p in sys.path if p and p != str(Path(__file__).parent)]
+
+
+def serve(fd):
+    """The server loop: import once, then fork one child per request."""
+    _preload()
     conn = Connection(fd)
     while True:
         try:
@@ -224,6 +246,139 @@ class ForkServer:
         for f in (stdin, out, err):
             f.unlink()
         return result
+
+
+# --- commands of shell scripts ---------------------------------------------------------------
+SHELL_COMMANDS = ("fairseq-train", "fairseq-generate", "fairseq-interactive", "fairseq-preprocess")
+CLIENT = Path(__file__).with_name("fork_client.py")
+REFUSED = -1000  # the client's cue to run the command itself (exec)
+
+
+def _as_local(cmd):
+    """A command found through another path to this interpreter's bin folder (a linked .venv),
+    spelled as target_of expects it."""
+    cmd = list(cmd)
+    here = Path(sys.executable).parent
+    if cmd and cmd[0] and Path(cmd[0]).parent.resolve() == here.resolve():
+        name = Path(cmd[0]).name
+        cmd[0] = sys.executable if re.fullmatch(r"python[\d.]*", name) else str(here / name)
+    return cmd
+
+
+def _recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def _handle(sock, import_env):
+    """In a fork of the socket server: one client's command, run in a grandchild; its exit
+    status goes back to the client."""
+    import socket
+
+    code = 1
+    try:
+        head, fds, _, _ = socket.recv_fds(sock, 8, 3)
+        argv, env, cwd = json.loads(_recv_exactly(sock, struct.unpack("!Q", head)[0]))
+        target = None
+        if {k: env.get(k) for k in IMPORT_TIME_ENV} == import_env:
+            try:
+                os.chdir(cwd)  # target_of reads a script's path relative to it
+                target = target_of(_as_local(argv))
+            except OSError:
+                target = None
+        if target is None:
+            sock.sendall(struct.pack("!i", REFUSED))
+            code = 0
+            return
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            _child((target, env, cwd, list(fds)))
+        for fd in fds:
+            os.close(fd)
+        _, status = os.waitpid(pid, 0)
+        sock.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def serve_socket(path):
+    """The shell server: import once, then one fork per connection on the Unix socket ``path``,
+    until stdin (a pipe from the test process) closes."""
+    import select
+    import socket
+
+    _preload()
+    import_env = {k: os.environ.get(k) for k in IMPORT_TIME_ENV}
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the kernel
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    os.write(1, b"ready\n")  # shell_env waits for this: a client never finds no server
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    try:
+        while True:
+            ready, _, _ = select.select([listener, 0], [], [])
+            if 0 in ready:
+                return
+            sock, _ = listener.accept()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if os.fork() == 0:
+                listener.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _handle(sock, import_env)
+            sock.close()
+    finally:
+        listener.close()
+        os.unlink(path)
+
+
+class ShellServer:
+    """One socket server per import-time environment, started on first use."""
+
+    def __init__(self, env):
+        import tempfile
+
+        self.path = os.path.join(tempfile.mkdtemp(prefix="nar_refine_fork_"), "server.sock")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                                   f"import forkserver; forkserver.serve_socket({self.path!r})"],
+            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc.stdout.readline()  # "ready" once it listens (EOF if it failed to start)
+        self.proc.stdout.close()
+
+    def functions(self):
+        """Environment entries that define the exported bash functions (bash reads them at start
+        and passes them on to the scripts it runs)."""
+        client = f'"{sys.executable}" -S -I "{CLIENT}"'
+        env = {"NAR_REFINE_FORK_SOCKET": self.path}
+        for name in SHELL_COMMANDS:
+            env[f"BASH_FUNC_{name}%%"] = f'() {{ {client} {name} "$(type -P {name})" "$@"; }}'
+        env["BASH_FUNC_python%%"] = (
+            f'() {{ case "${{1-}}" in *.py) {client} python "$(type -P python)" "$@" ;; '
+            '*) command python "$@" ;; esac; }')
+        return env
+
+
+_SHELL_SERVERS = {}
+
+
+def shell_env(env):
+    """``env`` for a ``bash`` command whose console scripts and Python scripts run in forks."""
+    if not ENABLED:
+        return dict(env)
+    key = tuple(env.get(k) for k in IMPORT_TIME_ENV)
+    server = _SHELL_SERVERS.get(key)
+    if server is None or server.proc.poll() is not None:
+        server = _SHELL_SERVERS[key] = ShellServer(env)
+    return {**env, **server.functions()}
 
 
 SERVER = ForkServer()

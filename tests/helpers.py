@@ -26,9 +26,12 @@ def run(cmd, check=True, env=None, timeout=1200, input=None):
     """Run a CLI command; on failure show its output in the assertion message.
 
     fairseq's console scripts and ``python script.py`` commands run in a fork of a server that
-    has imported torch and fairseq once (tests/forkserver.py); the rest as plain subprocesses."""
+    has imported torch and fairseq once (tests/forkserver.py), also when a ``bash`` command
+    runs them; the rest as plain subprocesses."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     full_env.update(env or {})
+    if str(cmd[0]) == "bash":
+        full_env = forkserver.shell_env(full_env)
     target = forkserver.target_of(cmd) if forkserver.ENABLED else None
     if target is not None and forkserver.SERVER.usable_for(full_env):
         # one folder per test process for the command's stdin/stdout/stderr files (commands of

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 import forkserver
-from helpers import USER_DIR, assert_user_error, cli, run
+from helpers import BIN, USER_DIR, assert_user_error, cli, run
 
 SCRIPT = textwrap.dedent("""\
     import atexit, os, sys
@@ -109,3 +109,32 @@ def test_import_time_environment_gets_a_fresh_interpreter(tmp_path):
     assert not forkserver.SERVER.usable_for({**forkserver.SERVER.env, "OMP_NUM_THREADS": "2"})
     two = run([sys.executable, script], env={"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}).stdout.split()
     assert two[:2] == ["2", "2"] and int(two[2]) != forkserver.SERVER.proc.pid
+
+
+def test_shell_scripts_reach_the_forks(tmp_path):
+    """A bash command's fairseq console scripts and `python script.py` run in forks (torch is
+    already imported there) with the shell's pipes, arguments and exit statuses; `python -c`
+    and commands the server does not know run as plain processes."""
+    script = tmp_path / "script.py"
+    script.write_text("import sys\n" + SCRIPT.replace('print("to stderr"', 'print("preloaded:", "torch" in sys.modules)\nprint("to stderr"'))
+    block = (f'printf "hello\\n" | python {script} 3 "x y" || echo "status $?"\n'
+             'python -c "import sys; print(\'-c preloaded:\', \'torch\' in sys.modules)"\n'
+             'fairseq-preprocess --help | head -1\n'
+             'fairseq-train --no-such-option >/dev/null 2>&1 || echo "train status $?"\n'
+             'echo "kind: $(type -t fairseq-train)"\n')
+    env = {"FORK_TEST": "seen", "PATH": f"{BIN}:/usr/bin:/bin"}
+    forked = run(["bash", "-c", block], env=env)
+    forkserver.ENABLED = False
+    try:
+        plain = run(["bash", "-c", block], env=env)
+    finally:
+        forkserver.ENABLED = True
+    assert "preloaded: True" in forked.stdout and "preloaded: False" in plain.stdout
+    assert "kind: function" in forked.stdout and "kind: file" in plain.stdout
+    mask = lambda out: out.replace("preloaded: True", "preloaded: -").replace(
+        "preloaded: False", "preloaded: -").replace("kind: function", "kind: -").replace("kind: file", "kind: -")
+    assert mask(forked.stdout) == mask(plain.stdout)
+    for out in (forked.stdout, plain.stdout):
+        assert "in: hello env: seen" in out and "argv: ['3', 'x y']" in out and "status 3" in out
+        assert "-c preloaded: False" in out and "usage: fairseq-preprocess" in out
+        assert "train status 1" in out  # fairseq's parser raises on an unknown option

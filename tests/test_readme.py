@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import forkserver
 from helpers import REPO
 
 DATA = Path(os.environ.get("DATA", REPO.parent / "shared" / "data" / "multi30k"))
@@ -35,6 +36,7 @@ def quickstart(tmp_path_factory):
         (root / name).symlink_to(REPO / name)
     (root / ".venv").symlink_to(Path(sys.prefix))
     env = dict(os.environ, DATA=str(DATA), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = forkserver.shell_env(env)  # its fairseq commands run in forks of one interpreter
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block("bash", "quickstart")],
                           cwd=root, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"Quick start failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -81,7 +83,8 @@ def test_translate_now_prints_what_the_readme_shows(tmp_path):
     root = tmp_path  # looks like a clone: the block writes sentences.en where it runs
     for name in ("nar_refine", "examples"):
         (root / name).symlink_to(REPO / name)
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=root, env=env,
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=root,
+                          env=forkserver.shell_env(env),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     shown = shown_output("translate")
