@@ -338,6 +338,7 @@ def serve_socket(path):
     finally:
         listener.close()
         os.unlink(path)
+        os.rmdir(os.path.dirname(path))  # shell_env's own temporary folder
 
 
 class ShellServer:
