@@ -15,9 +15,6 @@ REFUSED = -1000
 
 def main():
     name, argv = sys.argv[1], sys.argv[2:]
-    if not argv or not argv[0]:
-        print(f"bash: {name}: command not found", file=sys.stderr)
-        return 127
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(os.environ["NAR_REFINE_FORK_SOCKET"])

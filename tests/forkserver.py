@@ -360,11 +360,15 @@ class ShellServer:
         and passes them on to the scripts it runs)."""
         client = f'"{sys.executable}" -S -I "{CLIENT}"'
         env = {"NAR_REFINE_FORK_SOCKET": self.path}
+        # not on PATH: `command NAME` fails as bash would (note: `command -v NAME` now finds
+        # the function whether or not NAME is on PATH)
         for name in SHELL_COMMANDS:
-            env[f"BASH_FUNC_{name}%%"] = f'() {{ {client} {name} "$(type -P {name})" "$@"; }}'
+            env[f"BASH_FUNC_{name}%%"] = (
+                f'() {{ local p; p=$(type -P {name}) || {{ command {name} "$@"; return; }}; '
+                f'{client} {name} "$p" "$@"; }}')
         env["BASH_FUNC_python%%"] = (
-            f'() {{ case "${{1-}}" in *.py) {client} python "$(type -P python)" "$@" ;; '
-            '*) command python "$@" ;; esac; }')
+            '() { local p; case "${1-}" in *.py) p=$(type -P python) || { command python "$@"; '
+            f'return; }}; {client} python "$p" "$@" ;; *) command python "$@" ;; esac; }}')
         return env
 
 
