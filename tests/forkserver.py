@@ -321,7 +321,9 @@ def serve_socket(path):
     listener.bind(path)
     listener.listen(64)
     os.write(1, b"ready\n")  # shell_env waits for this: a client never finds no server
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
     try:
         while True:
             ready, _, _ = select.select([listener, 0], [], [])
