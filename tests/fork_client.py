@@ -10,7 +10,7 @@ import socket
 import struct
 import sys
 
-REFUSED = -1000
+REFUSED = -1000  # forkserver.REFUSED (this client imports nothing of the tests)
 
 
 def main():

@@ -107,14 +107,14 @@ def _child(request):
     target, env, cwd, files = request
     code = 1
     try:
+        if not isinstance(files[0], int):  # a command of helpers.run: its own process group
+            os.setpgid(0, 0)                 # (killed on timeout)
         for fd, spec in enumerate(files):
             if isinstance(spec, int):  # a descriptor received from a shell's client
                 if spec != fd:
                     os.dup2(spec, fd)
                     os.close(spec)
                 continue
-            if fd == 0:  # a command of helpers.run: its own process group (killed on timeout)
-                os.setpgid(0, 0)
             name, flags = spec
             f = os.open(name, flags, 0o644)
             os.dup2(f, fd)
@@ -199,6 +199,12 @@ def serve(fd):
         conn.send(os.waitstatus_to_exitcode(status))
 
 
+def _server_command(call):
+    """The command line of a server process: this module imported, then ``forkserver.CALL``."""
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                                  f"import forkserver; forkserver.{call}"]
+
+
 class ForkServer:
     """One server per test process, started on first use."""
 
@@ -211,8 +217,7 @@ class ForkServer:
 
         parent, child = socket.socketpair()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                                   f"import forkserver; forkserver.serve({child.fileno()})"],
+            _server_command(f"serve({child.fileno()})"),
             pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         child.close()
@@ -351,8 +356,7 @@ class ShellServer:
 
         self.path = os.path.join(tempfile.mkdtemp(prefix="nar_refine_fork_"), "server.sock")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                                   f"import forkserver; forkserver.serve_socket({self.path!r})"],
+            _server_command(f"serve_socket({self.path!r})"),
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.proc.stdout.readline()  # "ready" once it listens (EOF if it failed to start)
         self.proc.stdout.close()
