@@ -11,7 +11,8 @@ Systems (each row "missing checkpoint" when its checkpoint does not exist):
 
   * AR Transformer teacher, beam 1 and beam 5 (fairseq SequenceGenerator, task translation)
   * fairseq's CMLM (task translation_lev, IterativeRefinementGenerator), 1/4/10 iterations
-  * refine_nat: adaptive refinement (max 10 steps) and fixed 0/1/2/4/10 steps; adaptive with a
+  * refine_nat: adaptive refinement (max 10 steps; also with repeated tokens kept, the paper's
+    decoding, where the default masks them) and fixed 0/1/2/4/10 steps; adaptive with a
     length beam of 3 (--iter-decode-with-beam), ranked by refine_nat itself and reranked by the
     teacher (--teacher-path)
   * LaNMT: prior, delta inference (<= 1/2/4 steps; the plain chain, and with --delta-ascent-check),

@@ -48,6 +48,9 @@ def get_parser():
     p.add_argument("--decoding", default="auto",
                    help="refine, delta, score, energy, or auto (the model's own)")
     p.add_argument("--steps", type=int, default=10, help="refinement steps to run (forced)")
+    p.add_argument("--refine-repeats", default="keep", choices=("keep", "mask", "drop"),
+                   help="refine decoding: fairseq-generate's --refine-repeats (what decoder 2 "
+                   "reads at a repeated token)")
     p.add_argument("--remove-bpe", default="sentencepiece",
                    help="subword scheme to undo (fairseq's --remove-bpe: sentencepiece, "
                    "subword_nmt, ...; none for word-level data)")
@@ -77,9 +80,25 @@ def repeat_positions(tokens):
 
 
 def changed_positions(prev, cur):
-    """Positions where ``cur`` differs from ``prev`` (a length change counts its extra ones)."""
-    n = max(len(prev), len(cur))
-    return sum(1 for i in range(n) if i >= len(prev) or i >= len(cur) or prev[i] != cur[i])
+    """Positions where ``cur`` differs from ``prev``. At equal lengths position by position;
+    when the length changed (``--refine-repeats drop`` deletes tokens), after aligning the two
+    (difflib): the tokens of the longer one outside the matching blocks, so that a deletion
+    counts once rather than shifting every later position."""
+    if len(prev) == len(cur):
+        return sum(1 for a, b in zip(prev, cur) if a != b)
+    import difflib
+
+    matched = sum(m.size for m in difflib.SequenceMatcher(None, prev, cur, autojunk=False).get_matching_blocks())
+    return max(len(prev), len(cur)) - matched
+
+
+def repeats_removed_created(prev, cur):
+    """(repeats of ``prev`` gone in ``cur``, repeats new in ``cur``): by position at equal
+    lengths; when the length changed, the net change of the count (positions have moved)."""
+    rp, rc = repeat_positions(prev), repeat_positions(cur)
+    if len(prev) == len(cur):
+        return len(rp - rc), len(rc - rp)
+    return max(len(rp) - len(rc), 0), max(len(rc) - len(rp), 0)
 
 
 def step_table(histories, texts, refs):
@@ -109,10 +128,9 @@ def step_table(histories, texts, refs):
         if k > 0:
             prev = [h[k - 1] for h in histories]
             row["changed"] = sum(changed_positions(a, b) for a, b in zip(prev, toks)) / max(row["tokens"], 1)
-            rp = [repeat_positions(a) for a in prev]
-            rc = [repeat_positions(b) for b in toks]
-            row["repeats_removed"] = sum(len(a - b) for a, b in zip(rp, rc))
-            row["repeats_created"] = sum(len(b - a) for a, b in zip(rp, rc))
+            rem_cre = [repeats_removed_created(a, b) for a, b in zip(prev, toks)]
+            row["repeats_removed"] = sum(r for r, _ in rem_cre)
+            row["repeats_created"] = sum(c for _, c in rem_cre)
         rows.append(row)
     first = [repeat_positions(h[0]) for h in histories]
     last = [repeat_positions(h[-1]) for h in histories]
@@ -170,6 +188,7 @@ def decode_histories(a, model, task, decoding, subset):
     """{id: [token list of step 0..K]} of the forced K-step decoding with history."""
     with open_task_cfg(task) as cfg:
         cfg.decoding = decoding
+        cfg.refine_repeats = a.refine_repeats
         gen_args = Namespace(iter_decode_max_iter=a.steps, iter_decode_force_max_iter=True,
                              iter_decode_with_beam=1, retain_iter_history=True)
         gen = task.build_generator([model], gen_args)
@@ -209,7 +228,12 @@ class open_task_cfg:
 
 # -- injected errors at the gold length (refine_nat) --------------------------------------------
 def inject_errors(a, model, task):
+    """One refinement step from the gold canvas with one injected error per sentence. With
+    ``--refine-repeats mask`` the step reads repeated tokens as decoding does (without their
+    token); ``drop`` changes the length, so it is measured as ``keep`` here."""
     import torch
+
+    from nar_refine.modules.corruption import repeated_positions
 
     with open_task_cfg(task) as cfg:
         cfg.data = a.inject_data
@@ -228,7 +252,13 @@ def inject_errors(a, model, task):
             enc = model.encode(net["src_tokens"], net["src_lengths"])
             _, h0 = model.initial_step(enc, canvas)
             mask = y.ne(d.pad())
-            out_clean = model.refine_step(enc, y, h0)[0].argmax(-1)
+
+            def step(inp):
+                kw = ({"token_mask": repeated_positions(inp, d.pad())}
+                      if a.refine_repeats == "mask" else {})
+                return model.refine_step(enc, inp, h0, **kw)[0].argmax(-1)
+
+            out_clean = step(y)
             clean_input["tokens"] += int(mask.sum())
             clean_input["changed"] += int((out_clean.ne(y) & mask).sum())
             bsz, width = y.shape
@@ -253,7 +283,7 @@ def inject_errors(a, model, task):
                         noisy[rows, nxt] = torch.where(ok, y[rows, p], y[rows, nxt])
                         aff[rows, p] |= ok
                         aff[rows, nxt] |= ok
-                out = model.refine_step(enc, noisy, h0)[0].argmax(-1)
+                out = step(noisy)
                 s = stats[op]
                 right = (out.eq(y) | ~aff).all(1)
                 s["errors"] += int(ok.sum())
@@ -310,7 +340,11 @@ def write_report(a, res):
     L = [f"# Refinement diagnostic: {res.get('model', 'outputs')}\n",
          "Command:\n", "```\n" + res["command"] + "\n```\n"]
     if "steps" in res:
-        L += [f"{res['subset']} set, {res['sentences']} sentences, --decoding {res['decoding']}, "
+        drop = {"mask": " with --refine-repeats mask (repeated tokens read without their token)",
+                "drop": " with --refine-repeats drop (repeated tokens deleted before each step; "
+                "changed tokens then counted after aligning the steps, removed / created repeats "
+                "as the net change where the length changed)"}.get(res.get("refine_repeats"), "")
+        L += [f"{res['subset']} set, {res['sentences']} sentences, --decoding {res['decoding']}{drop}, "
               f"{len(res['steps']) - 1} forced steps (step 0: decoder 1 / the prior mean). BLEU: "
               f"sacreBLEU cased 13a. Repeat rate: output words equal to the word before them. "
               f"Changed: tokens that differ from the step before. Removed / created: token "
@@ -412,7 +446,7 @@ def main(argv=None):
         decoding = a.decoding if a.decoding != "auto" else model.default_decoding
         shown = os.path.relpath(a.path, REPO) if Path(a.path).resolve().is_relative_to(REPO) else a.path
         res.update(model=f"{arch} ({shown})",
-                   decoding=decoding, subset=a.gen_subset)
+                   decoding=decoding, subset=a.gen_subset, refine_repeats=a.refine_repeats)
         hist, refs = decode_histories(a, model, task, decoding, a.gen_subset)
         ids = sorted(hist)
         d = task.target_dictionary

@@ -31,9 +31,23 @@ import sys
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-# read when the interpreter (or torch) starts: a fork cannot change them
+
+
+def _cuda_build():
+    """Whether torch was built with CUDA (only then does CUDA_VISIBLE_DEVICES, read once when
+    CUDA starts, change what a command does)."""
+    try:
+        import torch
+    except ImportError:
+        return True
+    return torch.version.cuda is not None
+
+
+# read when the interpreter (or torch) starts: a fork cannot change them. CUDA_VISIBLE_DEVICES
+# only counts for a CUDA build of torch: a CPU build reads it never, so commands that set it
+# (run_pipeline.sh --gpu pins one GPU) still run in forks here
 IMPORT_TIME_ENV = ("PYTHONHASHSEED", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONPATH",
-                   "CUDA_VISIBLE_DEVICES", "LD_PRELOAD", "PYTHONWARNINGS")
+                   "LD_PRELOAD", "PYTHONWARNINGS") + (("CUDA_VISIBLE_DEVICES",) if _cuda_build() else ())
 _ENTRY = re.compile(r"^from ([\w.]+) import (\w+)$", re.M)
 
 

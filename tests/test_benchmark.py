@@ -80,7 +80,7 @@ def test_every_system_is_measured(work, toy_data):
     res = json.loads((out / "results.json").read_text())
     rows = {r["key"]: r for r in res["systems"]}
     expected = {"ar.beam1", "ar.beam5", "cmlm.iter1", "cmlm.iter4", "cmlm.iter10", "refine_nat.adaptive10",
-                "refine_nat.fixed0", "refine_nat.fixed1", "refine_nat.fixed2", "refine_nat.fixed4", "refine_nat.fixed10",
+                "refine_nat.adaptive10.keep", "refine_nat.fixed0", "refine_nat.fixed1", "refine_nat.fixed2", "refine_nat.fixed4", "refine_nat.fixed10",
                 "refine_nat.beam3", "refine_nat.beam3.teacher",
                 "lanmt.prior", "lanmt.delta1", "lanmt.delta2", "lanmt.delta4", "lanmt.delta1.ascent",
                 "lanmt.delta2.ascent", "lanmt.delta4.ascent", "lanmt.search2", "lanmt.search3", "score.steps1", "score.search3", "energy.steps1"}

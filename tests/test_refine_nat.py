@@ -53,7 +53,9 @@ def _steps(stdout):
 
 def test_adaptive_stops_early_and_force_runs_all(toy_data, refine_ckpt):
     def steps(*extra):
-        args = [*NAR, "--iter-decode-max-iter", "8", "--print-step", *extra]
+        # the stop rule on its own: with --refine-repeats mask (the default) a word the toy
+        # legitimately repeats is re-predicted at every step and may keep a row changing
+        args = [*NAR, "--iter-decode-max-iter", "8", "--print-step", "--refine-repeats", "keep", *extra]
         return _steps(generate(toy_data, refine_ckpt[0], args).stdout)
 
     adaptive, forced = steps(), steps("--iter-decode-force-max-iter")
@@ -196,7 +198,7 @@ class ScriptedRefiner(torch.nn.Module):
     def initial_step(self, enc, lengths):
         return self._out(enc["row"], torch.zeros_like(enc["row"]))
 
-    def refine_step(self, enc, prev_tokens, prev_hidden):
+    def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None):
         return self._out(enc["row"], prev_hidden[:, 0, 0].long() + 1)
 
 

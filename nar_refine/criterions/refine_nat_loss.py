@@ -73,13 +73,20 @@ class RefineNATLossConfig(FairseqDataclass):
                   "trains no length predictor"},
     )
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing on token losses"})
+    refine_mask_repeats: bool = field(
+        default=False,
+        metadata={"help": "every refinement pass (training and the validation chain) reads a "
+                  "token equal to the one before it without that token (the previous hidden "
+                  "state alone), as --refine-repeats mask decoding does, so that decoder 2 "
+                  "learns to fill such positions from the context"},
+    )
 
 
 @register_criterion("refine_nat_loss", dataclass=RefineNATLossConfig)
 class RefineNATLoss(FairseqCriterion):
     def __init__(self, task, refine_passes, lvm_alpha, corruption, corruption_rate_start,
                  corruption_rate_end, latent_approximation, length_loss_factor, label_smoothing,
-                 corruption_count="exact"):
+                 corruption_count="exact", refine_mask_repeats=False):
         super().__init__(task)
         if refine_passes < 2:
             # one pass trains only the first decoder: the refinement decoder gets no gradient and
@@ -97,6 +104,7 @@ class RefineNATLoss(FairseqCriterion):
         self._tokens_per_sentence = None
         self.rate_start, self.rate_end = corruption_rate_start, corruption_rate_end
         self.stochastic = latent_approximation == "stochastic"
+        self.mask_repeats = refine_mask_repeats
         self.length_factor = length_loss_factor
         self.eps = label_smoothing
         d = task.target_dictionary
@@ -128,9 +136,10 @@ class RefineNATLoss(FairseqCriterion):
     def plan(self, training=True):
         """The training mix; in validation the decoder's own chain (alpha 1, no DAE, argmax)."""
         if not training:
-            return RefinePlan(passes=self.passes, lvm_alpha=1.0, corrupt=None, stochastic=False)
+            return RefinePlan(passes=self.passes, lvm_alpha=1.0, corrupt=None, stochastic=False,
+                              mask_repeats=self.mask_repeats)
         return RefinePlan(passes=self.passes, lvm_alpha=self.alpha, corrupt=self._corrupt,
-                          stochastic=self.stochastic)
+                          stochastic=self.stochastic, mask_repeats=self.mask_repeats)
 
     def forward(self, model, sample, reduce=True):
         net = sample["net_input"]

@@ -48,7 +48,7 @@ from nar_refine.models.refine_nat import RefineNATModel, SourceEncoding
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: refine_step takes token_mask (--refine-repeats mask)
 OPSET = 17
 # the passes of each family: method -> its arguments ("enc": the source encoding's fields)
 PASSES = {
@@ -56,7 +56,7 @@ PASSES = {
         "encode": ["src_tokens", "src_lengths"],
         "length_logits": ["enc"],
         "initial_step": ["enc", "tgt_lengths"],
-        "refine_step": ["enc", "prev_tokens", "prev_hidden"],
+        "refine_step": ["enc", "prev_tokens", "prev_hidden", "token_mask"],
     },
     "lanmt": {
         "encode": ["src_tokens", "src_lengths"],
@@ -162,6 +162,7 @@ def example_inputs(model, fam, sizes, seed):
               "y": tokens, "prev_tokens": tokens}
     if fam == "refine_nat":
         values["prev_hidden"] = model.initial_step(enc, tgt_lengths)[1]
+        values["token_mask"] = (torch.rand(tokens.shape, generator=g) < 0.3) & ~mask
     else:
         mu, sigma = model.prior(enc)
         values["z"] = mu + 0.5 * sigma * torch.randn(mu.shape, generator=g)

@@ -67,6 +67,11 @@ def validate_decoding_options(task, gen_args, decoding):
             f"--latent-search-size {m} with --decoding refine: refine_nat has no latent to "
             f"search; for several candidates per sentence use its length beam "
             f"(--iter-decode-with-beam L), which --teacher-path reranks")
+    if getattr(cfg, "refine_repeats", "mask") not in ("mask", "keep") and decoding != "refine":
+        raise NARConfigError(
+            f"--refine-repeats {cfg.refine_repeats} applies to --decoding refine (refine_nat), "
+            f"not --decoding {decoding}; to drop repeated tokens from any output use "
+            f"--remove-repeats")
     if getattr(cfg, "teacher_path", None) and (beam if decoding == "refine" else m) < 2:
         # a warning, not an error: the Python API may keep a teacher across calls
         what = ("reranks refine_nat's length-beam candidates, but --iter-decode-with-beam is 1; "
@@ -122,6 +127,7 @@ def _build_generator(task, models, gen_args):
             window=task.cfg.adaptive_window,
             min_steps=task.cfg.adaptive_min_steps,
             scorer=scorer,
+            repeats=getattr(task.cfg, "refine_repeats", "mask"),
         )
     if decoding in ("score", "energy"):
         return build_score_generator(task, model, gen_args, decoding)

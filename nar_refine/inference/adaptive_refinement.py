@@ -23,6 +23,23 @@ once ``window`` consecutive steps were stale (a fixed point held ``window`` step
 of length <= ``window`` gone round), and at least ``min_steps`` steps were run. ``window=1``
 is fairseq's rule.
 
+Repeated tokens (``repeats``, ``--refine-repeats``). Most words the decoders repeat right after
+themselves sit in outputs longer than their reference, and decoder 2, reading the repeated
+token at both positions, keeps them. Before each refinement step a position whose token equals
+the one before it can be
+
+* ``keep``: read as it is (the paper's decoding);
+* ``mask``: read without its token: decoder 2's input there is the previous hidden state alone,
+  so the step predicts that word again from the context, as CMLM's mask-predict re-predicts
+  the positions it masks (the model is unchanged; ``token_mask`` of ``refine_step``);
+* ``drop``: deleted, the gap closed (tokens and states move left, the length shrinks), and
+  decoder 2 refines the shorter sentence: the reference code's ``--remove_repeats`` applied
+  inside the loop instead of once after it. A repeat often stands for a missing word, so the
+  output can come out too short.
+
+A repeat the last step creates stays in the output (``--remove-repeats`` drops it after
+decoding). Measured per step by ``scripts/refine_diagnostic.py --refine-repeats``.
+
 Default: ``window=2, min_steps=3``; ``window=1`` (fairseq's rule) stopped 3-6 points below the
 best fixed step count on a toy task, the default within 0.7 points of it or above
 (docs/measurements.md).
@@ -31,6 +48,7 @@ best fixed step count on a toy task, the default within 0.7 points of it or abov
 import torch
 
 from nar_refine.inference.hypotheses import best_hypotheses, candidate_tokens
+from nar_refine.modules.corruption import repeated_positions
 from nar_refine.modules.token_scores import argmax_log_probs
 
 
@@ -52,6 +70,21 @@ def refine_hypotheses(gen, best, tokens, lprobs, steps, rank, scores, history, b
     )
 
 
+REPEAT_MODES = ("keep", "mask", "drop")
+
+
+def drop_repeated_tokens(tokens, hidden, pad):
+    """Delete every token equal to the one before it and close the gaps: the kept tokens (and
+    their decoder states) move left in order, pads fill the end. Returns (tokens, hidden,
+    lengths); a row keeps at least its first token. Fixed shapes, no host round trip."""
+    keep = tokens.ne(pad) & ~repeated_positions(tokens, pad)
+    order = (~keep).long().argsort(dim=1, stable=True)  # kept positions first, in their order
+    kept = keep.gather(1, order)
+    tokens = tokens.gather(1, order).masked_fill(~kept, pad)
+    hidden = hidden.gather(1, order[..., None].expand_as(hidden)).masked_fill(~kept[..., None], 0.0)
+    return tokens, hidden, kept.long().sum(1)
+
+
 def trim_at_eos(tokens, lprobs, eos, pad):
     """Shortening: every position from a row's first </s> on becomes padding."""
     ended = tokens.eq(eos).long().cumsum(-1) > 0
@@ -61,11 +94,14 @@ def trim_at_eos(tokens, lprobs, eos, pad):
 
 class AdaptiveRefinementGenerator:
     def __init__(self, tgt_dict, max_iter=10, adaptive=True, length_beam=1, retain_history=False,
-                 max_len=256, window=2, min_steps=3, scorer=None, keep_candidates=False):
+                 max_len=256, window=2, min_steps=3, scorer=None, keep_candidates=False,
+                 repeats="keep"):
         """Options are validated by ``validate_decoding_options`` (nar_refine.inference).
         ``scorer(src_tokens, src_lengths, tokens, lprobs) -> scores`` reranks the length
         candidates (higher is better); ``keep_candidates`` stores all of them in
-        ``hypo["candidates"]`` with the model's own rank score and the scorer's (inspection)."""
+        ``hypo["candidates"]`` with the model's own rank score and the scorer's (inspection);
+        ``repeats`` (keep / mask / drop) is what decoder 2 reads at a repeated token (module
+        doc)."""
         self.pad, self.eos = tgt_dict.pad(), tgt_dict.eos()
         self.max_iter = max_iter
         self.adaptive = adaptive and window > 0
@@ -76,6 +112,9 @@ class AdaptiveRefinementGenerator:
         self.max_len = max_len
         self.scorer = scorer
         self.keep_candidates = keep_candidates
+        if repeats not in REPEAT_MODES:
+            raise ValueError(f"repeats must be one of {REPEAT_MODES}, got {repeats!r}")
+        self.repeats = repeats
 
     @torch.no_grad()
     def generate(self, models, sample, **unused):
@@ -113,7 +152,13 @@ class AdaptiveRefinementGenerator:
             if active.numel() == 0:
                 break
             sub_enc = enc.index(active)
-            logits_a, hidden_a = model.refine_step(sub_enc, tokens[active], hidden[active])
+            prev_a, prev_hidden_a = tokens[active], hidden[active]
+            if self.repeats == "drop":
+                prev_a, prev_hidden_a, lengths[active] = drop_repeated_tokens(prev_a, prev_hidden_a, self.pad)
+            # a mask every step (all False unless masking): one signature for the exported pass
+            token_mask = (repeated_positions(prev_a, self.pad) if self.repeats == "mask"
+                          else torch.zeros_like(prev_a, dtype=torch.bool))
+            logits_a, hidden_a = model.refine_step(sub_enc, prev_a, prev_hidden_a, token_mask)
             new_tokens, new_lprobs = self._read(logits_a, lengths[active])
             repeat = (recent[active] == new_tokens[:, None]).all(-1).any(-1)
             stale[active] = torch.where(repeat, stale[active] + 1, torch.zeros_like(stale[active]))

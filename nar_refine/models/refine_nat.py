@@ -34,6 +34,7 @@ from fairseq.models.transformer import Embedding, TransformerEncoder, Transforme
 from nar_refine.errors import NARConfigError
 from nar_refine.models import encoder_init
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean, uniform_copy
+from nar_refine.modules.corruption import repeated_positions
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
 
 
@@ -45,6 +46,7 @@ class RefinePlan:
     lvm_alpha: float = 0.5  # probability that a pass reads its own previous output
     corrupt: Optional[Callable] = None  # (tokens, padding_mask, pass_index) -> corrupted tokens
     stochastic: bool = False  # sample y^l ~ p(.|...) instead of the argmax
+    mask_repeats: bool = False  # a pass reads repeated input tokens without the token
 
 
 class SourceEncoding(dict):
@@ -240,8 +242,8 @@ class RefineNATModel(FairseqEncoderDecoderModel):
     def initial_step(self, enc, tgt_lengths):
         return self.decoder.initial_step(enc, tgt_lengths)
 
-    def refine_step(self, enc, prev_tokens, prev_hidden):
-        return self.decoder.refine_step(enc, prev_tokens, prev_hidden)
+    def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None):
+        return self.decoder.refine_step(enc, prev_tokens, prev_hidden, token_mask)
 
     # -- training ---------------------------------------------------------------------------
     def forward(self, src_tokens, src_lengths, prev_output_tokens=None, tgt_tokens=None,
@@ -273,7 +275,8 @@ class RefineNATModel(FairseqEncoderDecoderModel):
                 prev = torch.where(use_own, own, noisy)
             else:
                 prev = own
-            logits, hidden = self.refine_step(enc, prev, hidden)
+            token_mask = repeated_positions(prev, self.pad) if plan.mask_repeats else None
+            logits, hidden = self.refine_step(enc, prev, hidden, token_mask)
             outputs[f"pass_{k}"] = {"out": logits, "tgt": y, "mask": tgt_mask}
         return outputs
 
@@ -343,8 +346,10 @@ class RefineNATDecoder(FairseqDecoder):
         h = self.initial(x, mask, enc["states"], enc["padding_mask"])
         return self.output_projection(h), h
 
-    def refine_step(self, enc, prev_tokens, prev_hidden):
-        """Decoder 2 on embed(previous output) [+ previous hidden states] -> (logits, hidden)."""
+    def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None):
+        """Decoder 2 on embed(previous output) [+ previous hidden states] -> (logits, hidden).
+        ``token_mask`` (B x T bool): positions read without their token (the previous hidden
+        state alone; ``--refine-repeats mask``)."""
         mask = prev_tokens.eq(self.dictionary.pad())
         if self.refine_projection is None:
             emb, project = self.embed_tokens(prev_tokens), self.output_projection
@@ -352,6 +357,8 @@ class RefineNATDecoder(FairseqDecoder):
             emb = F.embedding(prev_tokens, self.refine_projection.weight, self.dictionary.pad())
             project = self.refine_projection
         x = self.embed_scale * emb
+        if token_mask is not None:
+            x = x.masked_fill(token_mask[..., None], 0.0)
         if self.refine_reads_hidden:
             x = x + prev_hidden
         h = self.refine(x, mask, enc["states"], enc["padding_mask"])

@@ -27,6 +27,14 @@ CORRUPTION_OPS = ("swap", "replace", "repeat")
 COUNT_MODES = ("exact", "independent")
 
 
+def repeated_positions(tokens, pad):
+    """B x T bool: the positions whose token equals the one before it (pads never): what
+    ``--refine-repeats mask`` decoding and ``--refine-mask-repeats`` training hide from
+    decoder 2."""
+    prev = torch.cat([tokens.new_full((tokens.size(0), 1), pad), tokens[:, :-1]], 1)
+    return tokens.eq(prev) & tokens.ne(pad)
+
+
 def parse_corruptions(spec):
     """'swap,replace' -> ('swap', 'replace'); unknown names raise a NARConfigError that lists the valid ones."""
     names = tuple(n.strip() for n in spec.split(",") if n.strip())

@@ -92,6 +92,17 @@ class NARTranslationConfig(TranslationConfig):
             "nothing: W stale steps take at least W steps)"
         },
     )
+    refine_repeats: ChoiceEnum(["keep", "mask", "drop"]) = field(
+        default="mask",
+        metadata={
+            "help": "refine decoding: what decoder 2 reads at a token equal to the one before "
+            "it: mask (default: no token, only the previous hidden state, so the step predicts "
+            "that word again from its context, as CMLM re-predicts masked positions); keep (the "
+            "token, the paper's decoding); drop (the token deleted and the gap closed: the "
+            "sentence gets shorter). A repeat made by the last step stays (--remove-repeats "
+            "drops it after decoding)"
+        },
+    )
     latent_search_size: int = field(
         default=1,
         metadata={

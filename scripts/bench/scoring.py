@@ -75,7 +75,8 @@ def targets(rows):
     if ar5 is not None:
         check("teacher (AR beam 5) >= 35 BLEU", f"{ar5['bleu']:.2f}", ar5["bleu"] >= 35)
     refine = best_of([k for k in by if k.startswith("refine_nat.") and k not in
-                      ("refine_nat.fixed0", "refine_nat.fixed1") and "beam" not in k])
+                      ("refine_nat.fixed0", "refine_nat.fixed1") and "beam" not in k
+                      and not k.endswith(".keep")])
     for base in ("refine_nat.fixed1", "refine_nat.fixed0"):
         if refine is not None and base in by:
             d = refine["bleu"] - by[base]["bleu"]

@@ -61,6 +61,12 @@ def build_systems(a, ckpts):
     out.append(System(f"refine_nat.adaptive{a.refine_max_iter}",
                       f"refine_nat, adaptive (max {a.refine_max_iter} steps)", "refine_nat", "refine_nat",
                       refine + ["--iter-decode-max-iter", str(a.refine_max_iter)], primary=True))
+    # the paper's decoding: decoder 2 reads repeated tokens as they are (the default masks them)
+    out.append(System(f"refine_nat.adaptive{a.refine_max_iter}.keep",
+                      f"refine_nat, adaptive (max {a.refine_max_iter} steps), repeated tokens kept "
+                      f"(the paper's decoding)", "refine_nat", "refine_nat",
+                      refine + ["--iter-decode-max-iter", str(a.refine_max_iter),
+                                "--refine-repeats", "keep"]))
     for k in a.refine_steps:
         label = "refine_nat, decoder 1 only (0 steps)" if k == 0 else f"refine_nat, {k} step{'s' * (k > 1)} (fixed)"
         out.append(System(f"refine_nat.fixed{k}", label,
