@@ -6,7 +6,7 @@ import importlib.util
 import json
 import os
 import shlex
-import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -71,15 +71,19 @@ def test_parse_and_step_shares():
     assert summary["exact"] == 1.0 and summary["mean_steps"] == 1.5 and summary["n"] == 2
 
 
-def test_script_end_to_end(tmp_path):
+def test_script_end_to_end(tmp_path, monkeypatch):
     """The script through the real CLIs on 20 updates and 20 test sentences: every table row is
     filled from every sentence, the last refinement step is the forced run's output, z_usage is
     read from the LaNMT's validation log. Without --out the results go to --work, never over the
     committed examples/toy_two_mode/, and they hold no absolute paths."""
     committed = {p: p.read_bytes() for p in (REPO / "examples" / "toy_two_mode").glob("results.*")}
     out = tmp_path / "work"
-    run([sys.executable, SCRIPT, "--work", out, "--updates", "20",
-         "--test-sentences", "20", "--delta-steps", "1"], timeout=600)
+    # the script's main() in this process, its fairseq commands through helpers.run (the tests'
+    # fork server: the same CLIs, without a fresh interpreter importing torch for each)
+    monkeypatch.setattr(toy, "subprocess", SimpleNamespace(
+        run=lambda cmd, capture_output, text, env: run(cmd, check=False, env=env, timeout=600)))
+    toy.main([str(w) for w in ("--work", out, "--updates", "20", "--test-sentences", "20",
+                               "--delta-steps", "1")])
     assert {p: p.read_bytes() for p in committed} == committed
     res = json.loads((out / "results.json").read_text())
     words = [w for c in [res["command"], *res["commands"].values()] for w in shlex.split(c)]
