@@ -46,7 +46,8 @@ def test_each_step_refines_the_sentence_without_its_repeats(toy_data):
     task, model = build(toy_data, "refine_nat_tiny")
     sample = batch(task, 8)
     kw = dict(max_iter=3, adaptive=False, retain_history=True)
-    plain = _history(AdaptiveRefinementGenerator(task.target_dictionary, **kw), model, sample)
+    plain = _history(AdaptiveRefinementGenerator(task.target_dictionary, repeats="keep", **kw),
+                     model, sample)
     assert all(len({len(s) for s in row}) == 1 for row in plain)
     dropped = _history(AdaptiveRefinementGenerator(task.target_dictionary, repeats="drop", **kw),
                        model, sample)
@@ -98,8 +99,9 @@ def test_mask_reads_repeated_positions_without_their_token(toy_data):
     for prev, m in seen:
         assert torch.equal(m, repeated_positions(prev, PAD))
     assert sum(int(m.sum()) for _, m in seen) > 0, "no repeats: the test checks nothing"
-    seen.clear()  # keep (the default): every token read
-    AdaptiveRefinementGenerator(task.target_dictionary, max_iter=2, adaptive=False).generate([model], sample)
+    seen.clear()  # keep: every token read
+    AdaptiveRefinementGenerator(task.target_dictionary, max_iter=2, adaptive=False,
+                                repeats="keep").generate([model], sample)
     assert len(seen) == 2 and all(not m.any() for _, m in seen)
     # the decoder: with every token masked its input is the hidden state alone, so the token
     # ids do not matter; unmasked, they do

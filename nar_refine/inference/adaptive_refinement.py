@@ -29,7 +29,8 @@ token at both positions, keeps them. Before each refinement step a position whos
 the one before it can be
 
 * ``keep``: read as it is (the paper's decoding);
-* ``mask``: read without its token: decoder 2's input there is the previous hidden state alone,
+* ``mask`` (default, chosen on the valid set: results/ablation/refine_repeats.md): read without
+  its token: decoder 2's input there is the previous hidden state alone,
   so the step predicts that word again from the context, as CMLM's mask-predict re-predicts
   the positions it masks (the model is unchanged; ``token_mask`` of ``refine_step``);
 * ``drop``: deleted, the gap closed (tokens and states move left, the length shrinks), and
@@ -95,13 +96,13 @@ def trim_at_eos(tokens, lprobs, eos, pad):
 class AdaptiveRefinementGenerator:
     def __init__(self, tgt_dict, max_iter=10, adaptive=True, length_beam=1, retain_history=False,
                  max_len=256, window=2, min_steps=3, scorer=None, keep_candidates=False,
-                 repeats="keep"):
+                 repeats="mask"):
         """Options are validated by ``validate_decoding_options`` (nar_refine.inference).
         ``scorer(src_tokens, src_lengths, tokens, lprobs) -> scores`` reranks the length
         candidates (higher is better); ``keep_candidates`` stores all of them in
         ``hypo["candidates"]`` with the model's own rank score and the scorer's (inspection);
-        ``repeats`` (keep / mask / drop) is what decoder 2 reads at a repeated token (module
-        doc)."""
+        ``repeats`` (mask, the default, / keep / drop) is what decoder 2 reads at a repeated
+        token (module doc)."""
         self.pad, self.eos = tgt_dict.pad(), tgt_dict.eos()
         self.max_iter = max_iter
         self.adaptive = adaptive and window > 0
