@@ -48,9 +48,9 @@ def get_parser():
     p.add_argument("--decoding", default="auto",
                    help="refine, delta, score, energy, or auto (the model's own)")
     p.add_argument("--steps", type=int, default=10, help="refinement steps to run (forced)")
-    p.add_argument("--refine-repeats", default="keep", choices=("keep", "mask", "drop"),
+    p.add_argument("--refine-repeats", default="mask", choices=("keep", "mask", "drop"),
                    help="refine decoding: fairseq-generate's --refine-repeats (what decoder 2 "
-                   "reads at a repeated token)")
+                   "reads at a repeated token; default mask, as fairseq-generate)")
     p.add_argument("--remove-bpe", default="sentencepiece",
                    help="subword scheme to undo (fairseq's --remove-bpe: sentencepiece, "
                    "subword_nmt, ...; none for word-level data)")
@@ -340,10 +340,13 @@ def write_report(a, res):
     L = [f"# Refinement diagnostic: {res.get('model', 'outputs')}\n",
          "Command:\n", "```\n" + res["command"] + "\n```\n"]
     if "steps" in res:
-        drop = {"mask": " with --refine-repeats mask (repeated tokens read without their token)",
-                "drop": " with --refine-repeats drop (repeated tokens deleted before each step; "
-                "changed tokens then counted after aligning the steps, removed / created repeats "
-                "as the net change where the length changed)"}.get(res.get("refine_repeats"), "")
+        modes = {"mask": " with --refine-repeats mask (repeated tokens read without their token)",
+                 "keep": " with --refine-repeats keep (repeated tokens read as they are, the "
+                 "paper's decoding)",
+                 "drop": " with --refine-repeats drop (repeated tokens deleted before each step; "
+                 "changed tokens then counted after aligning the steps, removed / created "
+                 "repeats as the net change where the length changed)"}
+        drop = modes.get(res.get("refine_repeats"), "") if res["decoding"] == "refine" else ""
         L += [f"{res['subset']} set, {res['sentences']} sentences, --decoding {res['decoding']}{drop}, "
               f"{len(res['steps']) - 1} forced steps (step 0: decoder 1 / the prior mean). BLEU: "
               f"sacreBLEU cased 13a. Repeat rate: output words equal to the word before them. "

@@ -15,6 +15,8 @@
 #   tokens_only  teacher_encoder, but decoder 2 reads the previous tokens only, not the previous
 #                pass's hidden states (--refine-input tokens): are they what a step copies?
 # Usage: ablate_refine_nat.sh [--smoke] [WORKDIR]   (runs are resumable; DONE files skip them)
+# The diagnostic decodes with --refine-repeats keep, as the committed table (REFINE_REPEATS=mask:
+# the decoding default).
 # Env: UPDATES (default 800), VARIANTS (default "full old independent prenorm shared"; also
 # teacher_encoder, shortening and tokens_only, which need the teacher; run two
 # lists in parallel for two lanes), OUT (table, default WORK/ablation/refine_ablation.md).
@@ -53,6 +55,7 @@ for v in ${VARIANTS:-full old independent prenorm shared}; do
     python "$REPO_DIR/scripts/refine_diagnostic.py" --path "$WORK/checkpoints/ablation_refine_$v/checkpoint_last.pt" \
       --data-bin "$BIN" --gen-subset valid --ref "$WORK/raw/valid.de" --steps 10 \
       --inject-data "$VALID_DISTIL" --inject-subset valid --threads "$THREADS" \
+      --refine-repeats "${REFINE_REPEATS:-keep}" \
       --out "$WORK/ablation/$v" > "$WORK/logs/diagnostic_$v.log" 2>&1 || { tail -5 "$WORK/logs/diagnostic_$v.log"; exit 1; }
   fi
 done
