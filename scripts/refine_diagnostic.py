@@ -346,8 +346,8 @@ def write_report(a, res):
                  "drop": " with --refine-repeats drop (repeated tokens deleted before each step; "
                  "changed tokens then counted after aligning the steps, removed / created "
                  "repeats as the net change where the length changed)"}
-        drop = modes.get(res.get("refine_repeats"), "") if res["decoding"] == "refine" else ""
-        L += [f"{res['subset']} set, {res['sentences']} sentences, --decoding {res['decoding']}{drop}, "
+        mode = modes.get(res.get("refine_repeats"), "") if res["decoding"] == "refine" else ""
+        L += [f"{res['subset']} set, {res['sentences']} sentences, --decoding {res['decoding']}{mode}, "
               f"{len(res['steps']) - 1} forced steps (step 0: decoder 1 / the prior mean). BLEU: "
               f"sacreBLEU cased 13a. Repeat rate: output words equal to the word before them. "
               f"Changed: tokens that differ from the step before. Removed / created: token "

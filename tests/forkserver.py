@@ -32,7 +32,6 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 
-
 def _cuda_build():
     """Whether torch was built with CUDA (only then does CUDA_VISIBLE_DEVICES, read once when
     CUDA starts, change what a command does)."""

@@ -67,7 +67,7 @@ def validate_decoding_options(task, gen_args, decoding):
             f"--latent-search-size {m} with --decoding refine: refine_nat has no latent to "
             f"search; for several candidates per sentence use its length beam "
             f"(--iter-decode-with-beam L), which --teacher-path reranks")
-    if getattr(cfg, "refine_repeats", "mask") not in ("mask", "keep") and decoding != "refine":
+    if getattr(cfg, "refine_repeats", "mask") == "drop" and decoding != "refine":
         raise NARConfigError(
             f"--refine-repeats {cfg.refine_repeats} applies to --decoding refine (refine_nat), "
             f"not --decoding {decoding}; to drop repeated tokens from any output use "
