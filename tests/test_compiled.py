@@ -206,3 +206,130 @@ def test_ctranslate2_teacher_scores_as_the_pytorch_teacher(exported, toy_data, t
     other.src_dict.add_symbol("extra")
     with pytest.raises(NARConfigError, match="source dictionary sizes differ: teacher 56, task 57"):
         TeacherScorer.from_path(str(folder), other)
+
+
+# decodings that run from the source to the output in one call (one exported pass)
+ONE_CALL = {
+    "refine_decoder1": ("refine_nat", {"iter_decode_max_iter": 0}, "first_output"),
+    "prior": ("lanmt", {"decoding": "prior"}, "prior_output"),
+    "delta1": ("lanmt", {"decoding": "delta", "iter_decode_max_iter": 1}, "delta_output"),
+    "score1": ("score_net", {"decoding": "score", "score_steps": 1}, "score_output"),
+}
+
+
+def hypothesis_fields(hypos):
+    return [(h[0]["tokens"].tolist(), round(float(h[0]["score"]), 5),
+             [round(float(x), 5) for x in h[0]["positional_scores"]]) for h in hypos]
+
+
+def test_one_call_decodings_are_the_step_path_and_one_onnx_run(exported, toy_data, monkeypatch):
+    """Decoder 1 alone, the prior mean, one delta step and one score step decode from the
+    source in one call: in PyTorch the same hypotheses (tokens, scores, token scores) as the
+    step path they replace; over the export exactly one ONNX Runtime run per batch (the
+    whole decoding is one graph), with the PyTorch tokens."""
+    from nar_refine.inference import compiled
+    from nar_refine.inference.adaptive_refinement import AdaptiveRefinementGenerator
+    from nar_refine.inference.latent_refinement import LatentRefinementGenerator
+
+    sentences = (Path(toy_data).parent / "raw" / "test.src").read_text().splitlines()[:24]
+    runs = []
+    real_run = compiled.OnnxPass.run_flat
+    monkeypatch.setattr(compiled.OnnxPass, "run_flat",
+                        lambda self, flat: runs.append(self.method) or real_run(self, flat))
+    for setting, (family, options, method) in sorted(ONE_CALL.items()):
+        path, folder = exported[family]
+        nat = load(path, toy_data)
+        batch = [nat.encode(s) for s in sentences]
+        one_call = hypothesis_fields(nat.generate(batch, **options))
+        with monkeypatch.context() as m:  # the step path
+            for cls in (AdaptiveRefinementGenerator, LatentRefinementGenerator):
+                m.setattr(cls, "direct_output", lambda self, model: None)
+            steps = hypothesis_fields(nat.generate(batch, **options))
+        assert one_call == steps, setting
+        runs.clear()
+        got = nat.generate(batch, onnx_dir=folder, **options)
+        assert runs == [method], (setting, runs)
+        assert [h[0]["tokens"].tolist() for h in got] == [t for t, _, _ in one_call], setting
+
+
+def test_lean_attention_is_fairseqs_attention_without_shape_arithmetic(tmp_path):
+    """The exported attention computes what fairseq's MultiheadAttention computes (self,
+    encoder-decoder and plain attention, padded keys), and its ONNX graph reads no shape:
+    the heads are split and merged by constant reshapes."""
+    import onnx
+    from fairseq.modules import MultiheadAttention
+
+    from nar_refine.export.lean_attention import lean_attention
+
+    torch.manual_seed(0)
+    kinds = {"self": dict(self_attention=True), "cross": dict(encoder_decoder_attention=True),
+             "plain": {}}
+    for name, kw in kinds.items():
+        mha = MultiheadAttention(16, 4, **kw).eval()
+        q, k, v = torch.randn(5, 3, 16), torch.randn(7, 3, 16), torch.randn(7, 3, 16)
+        if name == "self":
+            k = v = q
+        pad = torch.zeros(3, k.size(0), dtype=torch.bool)
+        pad[1, -2:] = pad[2, -4:] = True
+        with torch.no_grad():
+            want = mha(q, k, v, key_padding_mask=pad, need_weights=False)[0]
+            with lean_attention(mha) as n:
+                got = mha(q, k, v, key_padding_mask=pad, need_weights=False)[0]
+        assert n == 1 and torch.allclose(got, want, atol=1e-5), name
+        assert "forward" not in mha.__dict__  # restored
+
+        class Wrap(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.attn = mha
+
+            def forward(self, q, k, v, pad):
+                return self.attn(q, k, v, key_padding_mask=pad, need_weights=False)[0]
+
+        path = str(tmp_path / f"{name}.onnx")
+        axes = {n: {0: f"{n}0", 1: f"{n}1"} for n in ("q", "k", "v", "pad")}
+        with torch.no_grad(), lean_attention(mha):
+            torch.onnx.export(Wrap(), (q, k, v, pad), path, input_names=list(axes),
+                              dynamic_axes=axes, opset_version=17, dynamo=False)
+        ops = [node.op_type for node in onnx.load(path).graph.node]
+        assert not {"Shape", "Gather", "Concat"} & set(ops), (name, ops)
+        assert ops.count("MatMul") <= 6, (name, ops)
+
+
+@pytest.mark.parametrize("vocab", [8008, 97])  # a chunked argmax, and TopK for a prime size
+def test_exported_argmax_is_argmax_with_its_tie_rule(tmp_path, vocab):
+    """The argmax the exported passes compute (chunk maxima, then the first chunk and the first
+    id in it; TopK when the vocabulary has no divisor to chunk by) returns torch's argmax
+    under ONNX Runtime: the lowest id among equal maxima, banned ids never, for other batch
+    and length sizes than the traced ones."""
+    import onnxruntime as ort
+
+    from nar_refine.modules.token_scores import argmax_log_probs, chunk_size
+
+    assert (chunk_size(vocab) is None) == (vocab == 97)
+    banned = torch.tensor([1, 2, 3])
+
+    class Argmax(nn.Module):
+        def forward(self, logits):
+            return argmax_log_probs(logits.clone(), banned)
+
+    def logits_of(b, t, g):
+        x = torch.randn(b, t, vocab, generator=g)
+        x[0, 0, [5, vocab - 7]] = 50.0  # a tie across chunks: the lower id wins
+        x[0, 1, [40, 41]] = 50.0        # a tie inside a chunk
+        x[-1, -1, 2] = 99.0             # a banned id holding the maximum
+        return x
+
+    g = torch.Generator().manual_seed(0)
+    path = str(tmp_path / "argmax.onnx")
+    with torch.no_grad():
+        torch.onnx.export(Argmax(), (logits_of(2, 5, g),), path, input_names=["logits"],
+                          output_names=["lp", "tokens"], opset_version=17, dynamo=False,
+                          dynamic_axes={"logits": {0: "b", 1: "t"}})
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = logits_of(3, 9, g)
+    want_lp, want = Argmax()(x)
+    got_lp, got = session.run(None, {"logits": x.numpy()})
+    assert torch.equal(torch.from_numpy(got), want)
+    assert want[0, 0] == 5 and want[0, 1] == 40 and want[-1, -1] != 2
+    assert torch.allclose(torch.from_numpy(got_lp), want_lp, atol=1e-5)

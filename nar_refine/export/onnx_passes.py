@@ -4,9 +4,12 @@ Each pass is one of the model's own methods, traced as it is (TorchScript-based
 ``torch.onnx.export``, opset 17, every dimension dynamic), so a change to the model's code
 carries over at the next export:
 
-    refine_nat   encode, length_logits, initial_step (decoder 1), refine_step (decoder 2)
-    lanmt        encode (+ prior states), prior, posterior, length_logits, decode_logits
-    score_net    score, plus its LaNMT's passes (in lanmt/)
+    refine_nat   encode, length_logits, initial_step (decoder 1), refine_step (decoder 2),
+                 first_output (source -> decoder 1's output: decoding without steps)
+    lanmt        encode (+ prior states), prior, posterior, length_logits, decode_logits,
+                 prior_output and delta_output (source -> output: the prior mean, one delta step)
+    score_net    score, score_output (source -> output, one score step), plus its LaNMT's
+                 passes (in lanmt/)
     energy_net   its LaNMT's passes only: the energy's score is an autograd gradient, which
                  ONNX cannot take; the energy network itself runs in PyTorch
 
@@ -41,6 +44,7 @@ import torch
 import torch.nn as nn
 
 from nar_refine.errors import NARConfigError
+from nar_refine.export.lean_attention import lean_attention
 from nar_refine.inference.compiled import load_sessions
 from nar_refine.models.inference_network import InferenceNetworkModel, parameter_fingerprint
 from nar_refine.models.lanmt import LaNMTModel
@@ -48,7 +52,8 @@ from nar_refine.models.refine_nat import RefineNATModel, SourceEncoding
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: refine_step takes token_mask (--refine-repeats mask)
+FORMAT = 3  # 2: refine_step takes token_mask (--refine-repeats mask); 3: lean attention,
+# the one-call decodings (refine_nat first_output, lanmt prior/delta_output, score_output)
 OPSET = 17
 # the passes of each family: method -> its arguments ("enc": the source encoding's fields)
 PASSES = {
@@ -57,6 +62,7 @@ PASSES = {
         "length_logits": ["enc"],
         "initial_step": ["enc", "tgt_lengths"],
         "refine_step": ["enc", "prev_tokens", "prev_hidden", "token_mask"],
+        "first_output": ["src_tokens", "src_lengths", "max_len"],
     },
     "lanmt": {
         "encode": ["src_tokens", "src_lengths"],
@@ -64,8 +70,10 @@ PASSES = {
         "posterior": ["enc", "y"],
         "length_logits": ["enc", "z"],
         "decode_logits": ["enc", "z", "tgt_lengths"],
+        "prior_output": ["src_tokens", "src_lengths"],
+        "delta_output": ["src_tokens", "src_lengths"],
     },
-    "score_net": {"score": ["enc", "z"]},
+    "score_net": {"score": ["enc", "z"], "score_output": ["src_tokens", "src_lengths", "alpha"]},
     "energy_net": {},
 }
 # (batch, source tokens with </s>, target tokens) of the traced example and of the check
@@ -159,7 +167,7 @@ def example_inputs(model, fam, sizes, seed):
     tokens = torch.randint(d.nspecial, len(d), (bsz, tgt_len), generator=g).masked_fill(mask, pad)
     enc = model.encode(src, src_lengths)
     values = {"src_tokens": src, "src_lengths": src_lengths, "enc": enc, "tgt_lengths": tgt_lengths,
-              "y": tokens, "prev_tokens": tokens}
+              "y": tokens, "prev_tokens": tokens, "max_len": torch.tensor(256), "alpha": torch.tensor(1.0)}
     if fam == "refine_nat":
         values["prev_hidden"] = model.initial_step(enc, tgt_lengths)[1]
         values["token_mask"] = (torch.rand(tokens.shape, generator=g) < 0.3) & ~mask
@@ -197,7 +205,8 @@ def export_pass(model, method, args, enc_keys, example, path, opset=OPSET):
     dynamic = {name: {i: f"{name}_{i}" for i in range(t.dim())} for name, t in zip(inputs, flat)}
     dynamic.update({name: {i: f"{name}_{i}" for i in range((t if n_out > 1 else out).dim())}
                     for name, t in zip(outputs, out if n_out > 1 else (out,))})
-    with warnings.catch_warnings(record=True) as caught, symbolic_int(), torch.no_grad():
+    with warnings.catch_warnings(record=True) as caught, symbolic_int(), torch.no_grad(), \
+            lean_attention(model):
         warnings.simplefilter("always")
         torch.onnx.export(module, flat, path, input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=opset, dynamo=False,

@@ -128,8 +128,15 @@ class AdaptiveRefinementGenerator:
     def _decode(self, model, sample):
         model.eval()
         net = sample["net_input"]
-        enc = model.encode(net["src_tokens"], net["src_lengths"])
         bsz, beam = net["src_tokens"].size(0), self.length_beam
+        direct = self.direct_output(model)
+        if direct is not None:
+            tokens, lprobs, lengths, length_lp = direct(
+                net["src_tokens"], net["src_lengths"], self._max_len_tensor(net["src_lengths"]))
+            history = [tokens.clone()] if self.retain_history else None
+            return self._finish(model, net, tokens, lprobs, lengths, length_lp,
+                                torch.zeros_like(lengths), history, bsz, beam)
+        enc = model.encode(net["src_tokens"], net["src_lengths"])
         length_logits = model.length_logits(enc)
         lengths = model.length_predictor.predict(length_logits, enc["length"], beam, self.max_len)
         length_lp = model.length_predictor.log_prob(length_logits, enc["length"], lengths).view(-1)
@@ -171,7 +178,21 @@ class AdaptiveRefinementGenerator:
             if self.adaptive:
                 done = (stale[active] >= self.window) & (steps[active] >= self.min_steps)
                 active = active[~done]
+        return self._finish(model, net, tokens, lprobs, lengths, length_lp, steps, history, bsz, beam)
 
+    def direct_output(self, model):
+        """The model's one-call decoding when there is nothing to refine or rerank (decoder 1
+        only, one length): source to output in one exported pass; the same computation as the
+        step path. None otherwise."""
+        return model.first_output if self.max_iter == 0 and self.length_beam == 1 else None
+
+    def _max_len_tensor(self, like):
+        if getattr(self, "_max_len_t", None) is None or self._max_len_t.device != like.device:
+            self._max_len_t = torch.tensor(self.max_len, device=like.device)
+        return self._max_len_t
+
+    def _finish(self, model, net, tokens, lprobs, lengths, length_lp, steps, history, bsz, beam):
+        """Shortening's trim, then the best length candidate of each sentence."""
         if getattr(model, "eos_slack", 0) > 0:  # shortening: the output ends at its first </s>
             tokens, lprobs = trim_at_eos(tokens, lprobs, self.eos, self.pad)
             if history is not None:

@@ -61,6 +61,10 @@ class DeltaRefiner:
         z_next, tokens, lprobs, _ = model.delta_step(enc, z)
         return z_next, tokens, lprobs
 
+    def direct_output(self, model, max_iter):
+        """The model's one-call decoding for ``max_iter`` steps of this rule, or None."""
+        return (model.delta_output, ()) if max_iter == 1 else None
+
 
 delta_refiner = DeltaRefiner()
 
@@ -226,8 +230,28 @@ class LatentRefinementGenerator:
             hypos.extend(self._generate(model, src_tokens[part], src_lengths[part]))
         return hypos
 
+    def direct_output(self, model):
+        """(method, extra arguments) of the model's one-call decoding of this configuration
+        (source to output: one exported pass), or None: one latent per sentence, no history
+        or ascent check, and a chain the model has one for (prior mean; one delta or score
+        step). The same computation as the step loop."""
+        if self.search_size > 1 or self.retain_history or self.ascent_check or self.keep_candidates:
+            return None
+        if self.max_iter == 0:
+            return model.prior_output, ()
+        direct = getattr(self.refiner, "direct_output", None)
+        return direct(model, self.max_iter) if direct is not None else None
+
     def _generate(self, model, src_tokens, src_lengths):
         bsz, m = src_tokens.size(0), self.search_size
+        direct = self.direct_output(model)
+        if direct is not None:
+            with self._context():
+                method, extra = direct
+                tokens, lprobs, z, log_prior, padding_mask = method(src_tokens, src_lengths, *extra)
+                steps = torch.full((bsz,), self.max_iter, dtype=torch.long, device=tokens.device)
+            return latent_hypotheses(self, torch.arange(bsz, device=tokens.device), tokens, lprobs,
+                                     steps, lprobs.sum(-1), log_prior, z, padding_mask, None, None)
         with self._context():
             enc = model.encode(src_tokens, src_lengths)
             mu, sigma = model.prior(enc)

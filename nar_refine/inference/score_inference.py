@@ -67,6 +67,13 @@ class ScoreRefiner:
         return cand[best + torch.arange(bsz, device=z.device) * n_alpha], None
 
 
+    def direct_output(self, model, max_iter):
+        """The model's one-call decoding (one score step, no line search), or None."""
+        if max_iter != 1 or self.alphas is not None or getattr(model, "energy", False):
+            return None
+        return model.score_output, (torch.tensor(float(self.alpha)),)  # a 0-d tensor: an input
+
+
 def build_score_generator(task, model, gen_args, decoding):
     """The generator for ``--decoding score|energy``, configured from the task's options."""
     if not isinstance(model, InferenceNetworkModel):

@@ -277,6 +277,13 @@ class InferenceNetworkModel(BaseFairseqModel):
         """One refinement update z <- z + alpha * S(z; x) (Lee, Shu & Cho 2020, eq. 9)."""
         return z + alpha * self.score(enc, z)
 
+    def score_output(self, src_tokens, src_lengths, alpha):
+        """One score step from the prior mean, decoded (``--decoding score --score-steps 1``),
+        from the source in one call; returns as the LaNMT's ``prior_output``."""
+        enc = self.encode(src_tokens, src_lengths)
+        mu, sigma = self.prior(enc)
+        return self.lanmt.decoded_output(enc, mu, sigma, self.score_step(enc, mu, alpha).to(mu.dtype))
+
     @torch.no_grad()
     def delta_target(self, enc, z, steps):
         """delta = z_k - z, z_k after ``steps`` delta-inference steps from z (the regression target)."""

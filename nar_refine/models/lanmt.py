@@ -267,6 +267,27 @@ class LaNMTModel(BaseFairseqModel):
         z_next, _ = self.posterior(enc, tokens)
         return z_next, tokens, lprobs, lengths
 
+    # -- whole decodings in one call (one exported pass each; nar_refine.inference) -----------
+    def prior_output(self, src_tokens, src_lengths):
+        """Decoding from the prior mean z = mu(x), from the source in one call: (tokens,
+        token log-probs, z, log p(z|x), the source padding mask)."""
+        enc = self.encode(src_tokens, src_lengths)
+        mu, sigma = self.prior(enc)
+        return self.decoded_output(enc, mu, sigma, mu)
+
+    def delta_output(self, src_tokens, src_lengths):
+        """One delta-inference step from the prior mean, decoded (z_1 = E_q(z|x, y_0)[z],
+        y_0 = argmax p(y|mu, x)), in one call; returns as ``prior_output``."""
+        enc = self.encode(src_tokens, src_lengths)
+        mu, sigma = self.prior(enc)
+        tokens, _, _ = self.decode(enc, mu)
+        return self.decoded_output(enc, mu, sigma, self.posterior(enc, tokens)[0].to(mu.dtype))
+
+    def decoded_output(self, enc, mu, sigma, z):
+        """(argmax y of z, its token log-probs, z, log p(z|x), the source padding mask)."""
+        tokens, lprobs, _ = self.decode(enc, z)
+        return tokens, lprobs, z, self.log_prior(enc, z, prior=(mu, sigma)), enc["padding_mask"]
+
     def log_prior(self, enc, z, prior=None):
         """log p(z|x) summed over real source positions and latent dims -> B (float32).
         ``prior``: the (mu, sigma) of ``self.prior(enc)`` when the caller has them already."""

@@ -36,6 +36,7 @@ from nar_refine.models import encoder_init
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean, uniform_copy
 from nar_refine.modules.corruption import repeated_positions
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
+from nar_refine.modules.token_scores import argmax_log_probs
 
 
 @dataclass
@@ -241,6 +242,23 @@ class RefineNATModel(FairseqEncoderDecoderModel):
 
     def initial_step(self, enc, tgt_lengths):
         return self.decoder.initial_step(enc, tgt_lengths)
+
+    def first_output(self, src_tokens, src_lengths, max_len):
+        """Decoder 1's argmax output at the most likely length, from the source in one call
+        (decoding without refinement steps; one ONNX pass when exported).
+
+        ``max_len``: the longest canvas (an int, or a 0-d tensor). Returns (tokens B x T, their
+        log-probabilities B x T, pads beyond each canvas; canvas lengths B; log p(length | x) B).
+        """
+        enc = self.encode(src_tokens, src_lengths)
+        length_logits = self.length_logits(enc)
+        lengths = self.length_predictor.predict(length_logits, enc["length"], 1, max_len)
+        length_lp = self.length_predictor.log_prob(length_logits, enc["length"], lengths).view(-1)
+        lengths = self.canvas_lengths(lengths.view(-1)).clamp(max=max_len)
+        logits, _ = self.initial_step(enc, lengths)
+        scores, tokens = argmax_log_probs(logits)
+        beyond = lengths_to_padding_mask(lengths, tokens.size(1))
+        return tokens.masked_fill(beyond, self.pad), scores.masked_fill(beyond, 0.0), lengths, length_lp
 
     def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None):
         return self.decoder.refine_step(enc, prev_tokens, prev_hidden, token_mask)
