@@ -5,7 +5,8 @@ Each pass is one of the model's own methods, traced as it is (TorchScript-based
 carries over at the next export:
 
     refine_nat   encode, length_logits, initial_step (decoder 1), refine_step (decoder 2),
-                 first_output (source -> decoder 1's output: decoding without steps)
+                 initial_read / refine_read (the same with their argmax tokens: what the
+                 generator reads), first_output (source -> decoder 1's output: no steps)
     lanmt        encode (+ prior states), prior, posterior, length_logits, decode_logits,
                  prior_output and delta_output (source -> output: the prior mean, one delta step)
     score_net    score, score_output (source -> output, one score step), plus its LaNMT's
@@ -53,7 +54,8 @@ from nar_refine.models.refine_nat import RefineNATModel, SourceEncoding
 logger = logging.getLogger(__name__)
 
 FORMAT = 3  # 2: refine_step takes token_mask (--refine-repeats mask); 3: lean attention,
-# the one-call decodings (refine_nat first_output, lanmt prior/delta_output, score_output)
+# the one-call decodings (refine_nat first_output, lanmt prior/delta_output, score_output),
+# refine_nat initial_read / refine_read
 OPSET = 17
 # the passes of each family: method -> its arguments ("enc": the source encoding's fields)
 PASSES = {
@@ -62,6 +64,8 @@ PASSES = {
         "length_logits": ["enc"],
         "initial_step": ["enc", "tgt_lengths"],
         "refine_step": ["enc", "prev_tokens", "prev_hidden", "token_mask"],
+        "initial_read": ["enc", "tgt_lengths"],
+        "refine_read": ["enc", "prev_tokens", "prev_hidden", "token_mask", "tgt_lengths"],
         "first_output": ["src_tokens", "src_lengths", "max_len"],
     },
     "lanmt": {

@@ -50,7 +50,6 @@ import torch
 
 from nar_refine.inference.hypotheses import best_hypotheses, candidate_tokens
 from nar_refine.modules.corruption import repeated_positions
-from nar_refine.modules.token_scores import argmax_log_probs
 
 
 def refine_hypotheses(gen, best, tokens, lprobs, steps, rank, scores, history, beam):
@@ -146,8 +145,7 @@ class AdaptiveRefinementGenerator:
         if beam > 1:
             enc = enc.index(torch.arange(bsz, device=lengths.device).repeat_interleave(beam))
 
-        logits, hidden = model.initial_step(enc, lengths)
-        tokens, lprobs = self._read(logits, lengths)
+        tokens, lprobs, hidden = model.initial_read(enc, lengths)
         # one N x T copy per step (finished rows simply stop changing); rows are cut at the end
         history = [tokens.clone()] if self.retain_history else None
         steps = torch.zeros_like(lengths)
@@ -166,8 +164,8 @@ class AdaptiveRefinementGenerator:
             # a mask every step (all False unless masking): one signature for the exported pass
             token_mask = (repeated_positions(prev_a, self.pad) if self.repeats == "mask"
                           else torch.zeros_like(prev_a, dtype=torch.bool))
-            logits_a, hidden_a = model.refine_step(sub_enc, prev_a, prev_hidden_a, token_mask)
-            new_tokens, new_lprobs = self._read(logits_a, lengths[active])
+            new_tokens, new_lprobs, hidden_a = model.refine_read(sub_enc, prev_a, prev_hidden_a,
+                                                                 token_mask, lengths[active])
             repeat = (recent[active] == new_tokens[:, None]).all(-1).any(-1)
             stale[active] = torch.where(repeat, stale[active] + 1, torch.zeros_like(stale[active]))
             recent[active] = torch.cat([new_tokens[:, None], recent[active, :-1]], 1)
@@ -220,8 +218,3 @@ class AdaptiveRefinementGenerator:
         rows = torch.arange(net["src_tokens"].size(0), device=tokens.device).repeat_interleave(beam)
         return self.scorer(net["src_tokens"], net["src_lengths"], packed, packed_lp, rows=rows).float()
 
-    def _read(self, logits, lengths):
-        """Argmax tokens and their log-probabilities, with pads beyond each length."""
-        scores, tokens = argmax_log_probs(logits)
-        mask = torch.arange(tokens.size(1), device=tokens.device)[None, :] >= lengths[:, None]
-        return tokens.masked_fill(mask, self.pad), scores.masked_fill(mask, 0.0)

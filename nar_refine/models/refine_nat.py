@@ -255,10 +255,25 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         lengths = self.length_predictor.predict(length_logits, enc["length"], 1, max_len)
         length_lp = self.length_predictor.log_prob(length_logits, enc["length"], lengths).view(-1)
         lengths = self.canvas_lengths(lengths.view(-1)).clamp(max=max_len)
-        logits, _ = self.initial_step(enc, lengths)
+        tokens, lprobs, _ = self.initial_read(enc, lengths)
+        return tokens, lprobs, lengths, length_lp
+
+    def initial_read(self, enc, tgt_lengths):
+        """Decoder 1's argmax tokens, their log-probabilities (pads and 0 beyond each length)
+        and its hidden states: ``initial_step`` read as decoding reads it, in one call."""
+        logits, hidden = self.initial_step(enc, tgt_lengths)
+        return (*self.read_output(logits, tgt_lengths), hidden)
+
+    def refine_read(self, enc, prev_tokens, prev_hidden, token_mask, tgt_lengths):
+        """One refinement step read as ``initial_read`` reads decoder 1."""
+        logits, hidden = self.refine_step(enc, prev_tokens, prev_hidden, token_mask)
+        return (*self.read_output(logits, tgt_lengths), hidden)
+
+    def read_output(self, logits, lengths):
+        """Argmax tokens and their log-probabilities, pads (and 0) beyond each length."""
         scores, tokens = argmax_log_probs(logits)
         beyond = lengths_to_padding_mask(lengths, tokens.size(1))
-        return tokens.masked_fill(beyond, self.pad), scores.masked_fill(beyond, 0.0), lengths, length_lp
+        return tokens.masked_fill(beyond, self.pad), scores.masked_fill(beyond, 0.0)
 
     def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None):
         return self.decoder.refine_step(enc, prev_tokens, prev_hidden, token_mask)
