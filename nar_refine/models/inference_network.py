@@ -277,6 +277,10 @@ class InferenceNetworkModel(BaseFairseqModel):
         """One refinement update z <- z + alpha * S(z; x) (Lee, Shu & Cho 2020, eq. 9)."""
         return z + alpha * self.score(enc, z)
 
+    def prior_output(self, src_tokens, src_lengths):
+        """The LaNMT's decoding from the prior mean (no score step), in one call."""
+        return self.lanmt.prior_output(src_tokens, src_lengths)
+
     def score_output(self, src_tokens, src_lengths, alpha):
         """One score step from the prior mean, decoded (``--decoding score --score-steps 1``),
         from the source in one call; returns as the LaNMT's ``prior_output``."""
