@@ -8,8 +8,8 @@ Columns: BLEU after 0 / 1 / 4 / last step and the gains of the last step over st
 the repeat rate (output words equal to the word before them) at step 0 and at the last step;
 tokens changed by the first step and on average by the later ones; the share of step 0's
 token repeats that survive to the last step; and, where measured, the share of injected
-errors (repeat / replace / swap, gold length, one step) fixed and of wrong input tokens copied,
-and for latent models the z-usage and the KL.
+errors (repeat / replace / swap, gold length, one step) fixed, of wrong input tokens copied
+and of the tokens of a clean reference that the step changes, and for latent models the z-usage and the KL.
 """
 
 import argparse
@@ -39,8 +39,9 @@ def row(name, res, note, injected, latent):
             errors = sum(inj[op]["errors"] for op in ("repeat", "replace", "swap"))
             copied = sum(inj[op]["copied_rate"] * inj[op]["errors"] for op in ("repeat", "replace", "swap"))
             cells.append(pct(copied / max(errors, 1)))
+            cells.append(pct(inj.get("clean_input_changed_rate")))
         else:
-            cells += [""] * 4
+            cells += [""] * 5
     if latent:
         z = res.get("latent") or {}
         cells += [f"{z['z_usage']:.3f}" if z else "", f"{z['kl_per_source_position']:.2f}" if z else ""]
@@ -69,7 +70,8 @@ def main(argv=None):
             "gain vs 1", "repeats step 0", f"repeats step {last}", "changed by step 1",
             "changed later (mean)", "step-0 repeats surviving"]
     if injected:
-        cols += ["injected repeat fixed", "replace fixed", "swap fixed", "wrong input copied"]
+        cols += ["injected repeat fixed", "replace fixed", "swap fixed", "wrong input copied",
+                 "clean reference changed"]
     if latent:
         cols += ["z-usage (nats/token)", "KL (nats/position)"]
     head = ["| " + " | ".join(cols) + " |", "|---|---|" + "---:|" * (len(cols) - 2)]

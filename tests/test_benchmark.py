@@ -75,6 +75,7 @@ def work(toy_data, ar_teacher, tmp_path_factory):
 def test_every_system_is_measured(work, toy_data):
     proc = run(toy_args(toy_data, work) + ["--search-sizes", "2,3", "--score-search-sizes", "3",
                                            "--onnx", "refine_nat.fixed0,lanmt.delta1,score.steps1",
+                                           "--onnx-int8", "refine_nat.fixed0",
                                            "--require-all"], timeout=900)
     out = work / "results"
     res = json.loads((out / "results.json").read_text())
@@ -87,7 +88,7 @@ def test_every_system_is_measured(work, toy_data):
     # the teacher as CTranslate2 serves it, and compiled twins of the systems --onnx names
     ct2 = {f"ct2.{q}.beam{b}" for q in ("float32", "int8") for b in (1, 5)}
     twins = {"refine_nat.fixed0.onnx", "lanmt.delta1.onnx", "score.steps1.onnx"}
-    assert set(rows) == expected | ct2 | twins
+    assert set(rows) == expected | ct2 | twins | {"refine_nat.fixed0.onnx-int8"}
     have_ct2 = importlib.util.find_spec("ctranslate2") is not None
     for key in ct2 if not have_ct2 else ():  # an optional dependency: rows say why they are empty
         assert rows[key]["status"].startswith("skipped: ctranslate2 is not installed")
@@ -114,6 +115,10 @@ def test_every_system_is_measured(work, toy_data):
         assert (out / "hyps" / f"{twin}.txt").read_text() == (out / "hyps" / f"{base}.txt").read_text()
         assert rows[twin]["bleu"] == rows[base]["bleu"]
     assert (work / "onnx" / "refine_nat" / "manifest.json").is_file()
+    # the int8 twin decodes over passes with int8 weights, in a folder of its own
+    int8 = json.loads((work / "onnx" / "refine_nat-int8" / "manifest.json").read_text())
+    assert int8["precision"] == "int8" and "refine_nat-int8" in rows["refine_nat.fixed0.onnx-int8"]["fairseq_generate"]
+    assert json.loads((work / "onnx" / "refine_nat" / "manifest.json").read_text())["precision"] == "float32"
     if have_ct2:
         assert (work / "ct2" / "teacher-int8" / "model.bin").is_file()
         assert "| AR Transformer, CTranslate2 int8, beam 5 |" in (out / "results.md").read_text()

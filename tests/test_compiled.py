@@ -333,3 +333,34 @@ def test_exported_argmax_is_argmax_with_its_tie_rule(tmp_path, vocab):
     assert torch.equal(torch.from_numpy(got), want)
     assert want[0, 0] == 5 and want[0, 1] == 40 and want[-1, -1] != 2
     assert torch.allclose(torch.from_numpy(got_lp), want_lp, atol=1e-5)
+
+
+def test_int8_export_quantizes_every_pass_and_decodes(exported, toy_data, tmp_path):
+    """--precision int8: every pass file holds int8 weights (ONNX Runtime's dynamic
+    quantization) after the float32 check, the manifest says so, fairseq-generate decodes over
+    it, and a folder of the other precision counts as stale (re-exported, not reused)."""
+    import json
+
+    import onnx
+
+    from nar_refine.export.onnx_passes import export_if_stale
+
+    path, _ = exported["lanmt"]
+    folder = str(tmp_path / "int8")
+    proc = run([sys.executable, EXPORT, "--path", path, "--data-bin", toy_data, "--out", folder,
+                "--precision", "int8"])
+    assert f"exported lanmt to {folder} (int8)" in proc.stdout, proc.stdout[-2000:]
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    assert manifest["precision"] == "int8"
+    for spec in manifest["passes"].values():
+        ops = {n.op_type for n in onnx.load(str(Path(folder) / spec["file"])).graph.node}
+        assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}, (spec["file"], sorted(ops))
+    out = generate(toy_data, path, ["--task", "nar_translation", "--decoding", "delta",
+                                    "--iter-decode-max-iter", "1", "--onnx-dir", folder])
+    assert len(parse_hypotheses(out.stdout)) == 60
+    model = load(path, toy_data).models[0]
+    assert export_if_stale(model, folder, precision="int8")["precision"] == "int8"
+    stamp = (Path(folder) / "manifest.json").stat().st_mtime_ns
+    export_if_stale(model, folder, precision="int8")  # fresh: kept
+    assert (Path(folder) / "manifest.json").stat().st_mtime_ns == stamp
+    assert export_if_stale(model, folder)["precision"] == "float32"  # stale: re-exported

@@ -87,8 +87,11 @@ def get_parser(description=None):
                    help="comma-separated glob patterns of nar_refine system ids that also run compiled: "
                         "a twin row KEY.onnx decodes over the model's passes exported to ONNX (ONNX "
                         "Runtime, --onnx-dir), e.g. 'refine_nat.*,lanmt.prior,score.*' (default none)")
+    p.add_argument("--onnx-int8", metavar="PATTERNS", default="",
+                   help="as --onnx, with the passes' weights quantized to int8 (twin rows KEY.onnx-int8; "
+                        "scripts/export_onnx.py --precision int8), e.g. 'refine_nat.fixed0,score.steps1'")
     p.add_argument("--onnx-root", help="where the exported passes go, one folder per checkpoint "
-                                       "(default WORK/onnx)")
+                                       "(CHECKPOINT-int8 for int8; default WORK/onnx)")
     p.add_argument("--cmlm-iters", type=int_list, default=[1, 4, 10],
                    help="CMLM mask-predict iterations = decoder passes (fairseq --iter-decode-max-iter N-1)")
     p.add_argument("--cmlm-length-beam", type=int, default=1, help="CMLM --iter-decode-with-beam")

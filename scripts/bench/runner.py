@@ -153,7 +153,7 @@ class Bench:
         if getattr(cfg.task, "onnx_dir", None):  # compiled twins: export once per checkpoint
             from nar_refine.export.onnx_passes import export_if_stale
 
-            export_if_stale(models[0], cfg.task.onnx_dir)
+            export_if_stale(models[0], cfg.task.onnx_dir, precision=system.onnx_precision or "float32")
         generator = task.build_generator(models, cfg.generation)
         return Built(cfg, task, models, generator, dataset)
 

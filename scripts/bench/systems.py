@@ -27,6 +27,7 @@ class System:
     beam: int = 1                  # CTranslate2 rows: beam size
     quantization: str = "float32"  # CTranslate2 rows: weight type of the converted model
     ct2_teacher: Optional[str] = None  # --teacher-path is the teacher converted to this weight type
+    onnx_precision: Optional[str] = None  # compiled twins: the exported passes' precision
 
 
 AR_FAMILIES = ("AR", "CTranslate2")  # autoregressive rows: fairseq's beam search, CTranslate2
@@ -118,31 +119,43 @@ def build_systems(a, ckpts):
 def with_compiled_twins(a, systems):
     """After every system that --onnx names, its twin KEY.onnx: the same generator over the
     model's passes exported to ONNX (A.onnx_root/CHECKPOINT, exported by the run if absent or
-    from other parameters) and run by ONNX Runtime."""
-    patterns = [p.strip() for p in (a.onnx or "").split(",") if p.strip()]
+    from other parameters) and run by ONNX Runtime; after every system that --onnx-int8 names,
+    KEY.onnx-int8, the same over passes with int8 weights (A.onnx_root/CHECKPOINT-int8)."""
+    twins = [(suffix, precision, [p.strip() for p in (patterns or "").split(",") if p.strip()])
+             for suffix, precision, patterns in ((".onnx", "float32", a.onnx),
+                                                 (".onnx-int8", "int8", getattr(a, "onnx_int8", "")))]
     out = []
     for s in systems:
         out.append(s)
-        if s.engine == "fairseq" and s.args[:2] == ["--task", "nar_translation"] and any(
-                fnmatch.fnmatch(s.key, p) for p in patterns):
-            args, name, ct2_teacher = list(s.args), f"{s.name}, compiled (ONNX Runtime)", None
+        if s.engine != "fairseq" or s.args[:2] != ["--task", "nar_translation"]:
+            continue
+        for suffix, precision, patterns in twins:
+            if not any(fnmatch.fnmatch(s.key, p) for p in patterns):
+                continue
+            args = list(s.args)
+            name = f"{s.name}, compiled (ONNX Runtime{', int8 weights' * (precision == 'int8')})"
+            ct2_teacher = None
             if "--teacher-path" in args and "float32" in a.ct2_quantizations and ct2.available():
                 # the whole path fast: the teacher's scores from its float32 CTranslate2 conversion
                 ct2_teacher = "float32"
                 args[args.index("--teacher-path") + 1] = os.path.join(a.ct2_dir, "teacher-float32")
                 name += " + CTranslate2 teacher"
-            out.append(System(f"{s.key}.onnx", name, s.family, s.ckpt,
-                              args + ["--onnx-dir", os.path.join(a.onnx_root, s.ckpt)], needs=s.needs,
-                              passes=s.passes, primary=s.primary, ct2_teacher=ct2_teacher))
+            folder = os.path.join(a.onnx_root, s.ckpt + ("-int8" if precision == "int8" else ""))
+            out.append(System(f"{s.key}{suffix}", name, s.family, s.ckpt,
+                              args + ["--onnx-dir", folder], needs=s.needs, passes=s.passes,
+                              primary=s.primary, ct2_teacher=ct2_teacher, onnx_precision=precision))
     return out
 
 
 def select_systems(systems, patterns):
     """The systems whose id matches one of the comma-separated glob patterns (--systems)."""
     patterns = [p.strip() for p in patterns.split(",") if p.strip()]
-    # a compiled twin (KEY.onnx) comes with its system
+    # a compiled twin (KEY.onnx, KEY.onnx-int8) comes with its system
     def base(key):
-        return key[: -len(".onnx")] if key.endswith(".onnx") else key
+        for suffix in (".onnx", ".onnx-int8"):
+            if key.endswith(suffix):
+                return key[: -len(suffix)]
+        return key
 
     return [s for s in systems if any(fnmatch.fnmatch(s.key, p) or fnmatch.fnmatch(base(s.key), p)
                                       for p in patterns)]
