@@ -353,8 +353,14 @@ def test_int8_export_quantizes_every_pass_and_decodes(exported, toy_data, tmp_pa
     manifest = json.loads((Path(folder) / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
     for spec in manifest["passes"].values():
-        ops = {n.op_type for n in onnx.load(str(Path(folder) / spec["file"])).graph.node}
+        graph = onnx.load(str(Path(folder) / spec["file"])).graph
+        ops = {n.op_type for n in graph.node}
         assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"}, (spec["file"], sorted(ops))
+        # no float product with a weight is left (a tied output projection is a Constant node)
+        weights = {i.name for i in graph.initializer} | {
+            n.output[0] for n in graph.node if n.op_type == "Constant"
+            and any(a.name == "value" and len(a.t.dims) == 2 for a in n.attribute)}
+        assert not [n.name for n in graph.node if n.op_type == "MatMul" and weights & set(n.input)], spec["file"]
     out = generate(toy_data, path, ["--task", "nar_translation", "--decoding", "delta",
                                     "--iter-decode-max-iter", "1", "--onnx-dir", folder])
     assert len(parse_hypotheses(out.stdout)) == 60
@@ -364,3 +370,24 @@ def test_int8_export_quantizes_every_pass_and_decodes(exported, toy_data, tmp_pa
     export_if_stale(model, folder, precision="int8")  # fresh: kept
     assert (Path(folder) / "manifest.json").stat().st_mtime_ns == stamp
     assert export_if_stale(model, folder)["precision"] == "float32"  # stale: re-exported
+
+
+def test_int8_quantizes_a_weight_the_trace_left_as_a_constant(tmp_path):
+    """A tied output projection can reach the graph as a Constant node, which ONNX Runtime's
+    quantizer skips (it quantizes initializers only): the export turns large constants into
+    initializers first, so that the product gets int8 weights too."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nar_refine.export.onnx_passes import quantize_passes
+
+    weight = numpy_helper.from_array(np.random.RandomState(0).randn(32, 64).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w"], value=weight), helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 64])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "p.onnx"))
+    quantize_passes(str(tmp_path), {"passes": {"p": {"file": "p.onnx"}}})
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node]
+    assert "MatMul" not in ops and ("MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops), ops

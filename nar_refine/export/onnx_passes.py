@@ -37,6 +37,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -311,8 +312,30 @@ def quantize_passes(out_dir, manifest):
 
     for name in files(manifest):
         path = os.path.join(out_dir, name)
+        constants_to_initializers(path)
         quantize_dynamic(path, path + ".int8", weight_type=QuantType.QInt8)
         os.replace(path + ".int8", path)
+
+
+def constants_to_initializers(path, min_elements=1024):
+    """Large Constant nodes of the graph at ``path`` become initializers: the quantizer only
+    quantizes weights that are initializers, and the trace leaves some (LaNMT's tied output
+    projection) as Constant nodes."""
+    import onnx
+
+    model = onnx.load(path)
+    keep = []
+    for node in model.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None and math.prod(value.dims) >= min_elements:
+            value.name = node.output[0]
+            model.graph.initializer.append(value)
+        else:
+            keep.append(node)
+    if len(keep) < len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        onnx.save(model, path)
 
 
 def export_if_stale(model, out_dir, precision="float32"):
