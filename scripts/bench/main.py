@@ -26,13 +26,16 @@ logger = logging.getLogger("benchmark")
 
 
 def replot(a):
-    """--replot: the plots and results.md again from OUT/results.json, nothing run."""
+    """--replot: the plots, the targets and results.md again from OUT/results.json, nothing
+    run (the measured rows are kept as they are)."""
     results = Path(a.out) / "results.json"
     if not results.is_file():
         sys.exit(f"--replot: no {results} (run the benchmark first)")
     data = json.loads(results.read_text())
+    data["targets"] = targets(data["systems"])
+    results.write_text(json.dumps(data, indent=1))
     plots = make_plots(a.out, data["systems"], a.length_bin)
-    write_markdown(Path(a.out) / "results.md", data, data["systems"], data.get("targets", []), plots,
+    write_markdown(Path(a.out) / "results.md", data, data["systems"], data["targets"], plots,
                    notes=read_notes(a))
     print("redrew " + ", ".join(str(Path(a.out) / png) for _, png in plots) + " and results.md")
 
