@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from fairseq.modules import MultiheadAttention
 
 
-class SplitLast(torch.autograd.Function):
+class _SplitHeads(torch.autograd.Function):
     """A x B x (H*D) -> A x B x H x D; exported as one Reshape([0, 0, H, -1])."""
 
     @staticmethod
@@ -75,9 +75,9 @@ def lean_forward(self, query, key, value, key_padding_mask=None, incremental_sta
         (q,) = _linear(query, (self.q_proj,), self.scaling)
         (k,) = _linear(key, (self.k_proj,))
         (v,) = _linear(value, (self.v_proj,))
-    q = SplitLast.apply(q, heads, dim).permute(1, 2, 0, 3)
-    k = SplitLast.apply(k, heads, dim).permute(1, 2, 3, 0)
-    v = SplitLast.apply(v, heads, dim).permute(1, 2, 0, 3)
+    q = _SplitHeads.apply(q, heads, dim).permute(1, 2, 0, 3)
+    k = _SplitHeads.apply(k, heads, dim).permute(1, 2, 3, 0)
+    v = _SplitHeads.apply(v, heads, dim).permute(1, 2, 0, 3)
     scores = torch.matmul(q, k)  # B x H x T x S
     if attn_mask is not None:
         scores = (scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool
