@@ -273,3 +273,20 @@ def test_extra_source_files_are_translated_in_order(work, toy_data, tmp_path):
     # nothing to translate is an error, not an empty run
     proc = run(args + ["--translate-only"], check=False)
     assert proc.returncode != 0 and "--translate-only: give --translate" in proc.stderr
+
+
+def test_cmlm_fill_rate_reads_a_fairseq_cmlm(work, toy_data):
+    """scripts/cmlm_fill_rate.py on the benchmark's CMLM: one masked word per valid target,
+    filled from the gold context; the count is of the targets with two different words to
+    draw from, the rate a share of it, and the same seed gives the same line."""
+    script = str(Path(SCRIPT).parent / "cmlm_fill_rate.py")
+    args = [sys.executable, script, "--path", str(work / "checkpoints" / "cmlm" / "checkpoint_best.pt"),
+            "--data-bin", toy_data]
+    line = run(args).stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"CMLM fills (\d+) of (\d+) masked words from their context \(([\d.]+)%\)", line)
+    assert m, line
+    right, n = int(m.group(1)), int(m.group(2))
+    targets = Path(toy_data).parent / "raw" / "valid.tgt"
+    eligible = [t for t in targets.read_text().splitlines() if len(t.split()) >= 2]
+    assert 0 < n <= len(eligible) and 0 <= right <= n
+    assert run(args).stdout.strip().splitlines()[-1] == line
