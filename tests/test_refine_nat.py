@@ -15,6 +15,7 @@ import torch
 
 from helpers import (REPO, USER_DIR, cli, generate, log_lines, log_value, parse_bleu, parse_hypotheses,
                      preprocess, run, train, write_toy_corpus)
+from nar_refine.models.refine_nat import RefineNATModel
 
 NAR = ["--task", "nar_translation"]
 REFINE_ARGS = [
@@ -200,6 +201,12 @@ class ScriptedRefiner(torch.nn.Module):
 
     def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None):
         return self._out(enc["row"], prev_hidden[:, 0, 0].long() + 1)
+
+    # what the generator calls: the model's own reading of the two steps above
+    pad = 1
+    initial_read = RefineNATModel.initial_read
+    refine_read = RefineNATModel.refine_read
+    read_output = RefineNATModel.read_output
 
 
 class _Dict:
