@@ -73,15 +73,26 @@ def refine_hypotheses(gen, best, tokens, lprobs, steps, rank, scores, history, b
 REPEAT_MODES = ("keep", "mask", "drop")
 
 
+def pack_left(keep, *pairs):
+    """Move each row's kept positions (``keep``, B x T bool) to its front, in their order (a
+    stable sort): every (tensor, fill) of ``pairs`` (B x T x ...) gathered so, the positions
+    after the kept ones set to ``fill``. Returns (the packed mask, *tensors). Fixed shapes."""
+    order = (~keep).long().argsort(dim=1, stable=True)
+    kept = keep.gather(1, order)
+    out = []
+    for t, fill in pairs:
+        extra = (1,) * (t.dim() - 2)
+        out.append(t.gather(1, order.view(*order.shape, *extra).expand_as(t))
+                   .masked_fill(~kept.view(*kept.shape, *extra), fill))
+    return (kept, *out)
+
+
 def drop_repeated_tokens(tokens, hidden, pad):
     """Delete every token equal to the one before it and close the gaps: the kept tokens (and
     their decoder states) move left in order, pads fill the end. Returns (tokens, hidden,
     lengths); a row keeps at least its first token. Fixed shapes, no host round trip."""
     keep = tokens.ne(pad) & ~repeated_positions(tokens, pad)
-    order = (~keep).long().argsort(dim=1, stable=True)  # kept positions first, in their order
-    kept = keep.gather(1, order)
-    tokens = tokens.gather(1, order).masked_fill(~kept, pad)
-    hidden = hidden.gather(1, order[..., None].expand_as(hidden)).masked_fill(~kept[..., None], 0.0)
+    kept, tokens, hidden = pack_left(keep, (tokens, pad), (hidden, 0.0))
     return tokens, hidden, kept.long().sum(1)
 
 
@@ -130,8 +141,7 @@ class AdaptiveRefinementGenerator:
         bsz, beam = net["src_tokens"].size(0), self.length_beam
         direct = self.direct_output(model)
         if direct is not None:
-            tokens, lprobs, lengths, length_lp = direct(
-                net["src_tokens"], net["src_lengths"], self._max_len_tensor(net["src_lengths"]))
+            tokens, lprobs, lengths, length_lp = direct(net["src_tokens"], net["src_lengths"], self.max_len)
             history = [tokens.clone()] if self.retain_history else None
             return self._finish(model, net, tokens, lprobs, lengths, length_lp,
                                 torch.zeros_like(lengths), history, bsz, beam)
@@ -184,11 +194,6 @@ class AdaptiveRefinementGenerator:
         step path. None otherwise."""
         return model.first_output if self.max_iter == 0 and self.length_beam == 1 else None
 
-    def _max_len_tensor(self, like):
-        if getattr(self, "_max_len_t", None) is None or self._max_len_t.device != like.device:
-            self._max_len_t = torch.tensor(self.max_len, device=like.device)
-        return self._max_len_t
-
     def _finish(self, model, net, tokens, lprobs, lengths, length_lp, steps, history, bsz, beam):
         """Shortening's trim, then the best length candidate of each sentence."""
         if getattr(model, "eos_slack", 0) > 0:  # shortening: the output ends at its first </s>
@@ -210,11 +215,7 @@ class AdaptiveRefinementGenerator:
         as the hypothesis will print them (pads dropped, so a pad the decoder put inside a
         row does not cut it short: a stable sort moves the real tokens to the front). The
         teacher encodes each source once (``rows``)."""
-        keep = tokens.ne(self.pad)
-        order = (~keep).long().argsort(dim=1, stable=True)
-        real = keep.gather(1, order)
-        packed = tokens.gather(1, order).masked_fill(~real, self.pad)
-        packed_lp = lprobs.gather(1, order).masked_fill(~real, 0.0)
+        _, packed, packed_lp = pack_left(tokens.ne(self.pad), (tokens, self.pad), (lprobs, 0.0))
         rows = torch.arange(net["src_tokens"].size(0), device=tokens.device).repeat_interleave(beam)
         return self.scorer(net["src_tokens"], net["src_lengths"], packed, packed_lp, rows=rows).float()
 

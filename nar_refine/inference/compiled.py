@@ -61,7 +61,9 @@ class OnnxPass:
     def run_flat(self, flat):
         """Flat input tensors (in the manifest's order) -> list of output tensors."""
         given = dict(zip(self.spec["inputs"], flat))
-        feed = {name: given[name].detach().cpu().contiguous().numpy() for name in self.feeds}
+        # a Python number (a decoding option such as the score step size) is a 0-d input
+        feed = {name: torch.as_tensor(given[name]).detach().cpu().contiguous().numpy()
+                for name in self.feeds}
         outs = self.session.run(None, feed)
         return [torch.from_numpy(o).to(self.device) for o in outs]
 

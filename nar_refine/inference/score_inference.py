@@ -71,7 +71,7 @@ class ScoreRefiner:
         """The model's one-call decoding (one score step, no line search), or None."""
         if max_iter != 1 or self.alphas is not None or getattr(model, "energy", False):
             return None
-        return model.score_output, (torch.tensor(float(self.alpha)),)  # a 0-d tensor: an input
+        return model.score_output, (self.alpha,)
 
 
 def build_score_generator(task, model, gen_args, decoding):

@@ -46,6 +46,7 @@ from omegaconf.errors import OmegaConfBaseException
 from nar_refine import dictionaries, training_checks
 from nar_refine.errors import NARConfigError  # noqa: F401  (re-exported for old imports)
 from nar_refine.inference import build_nar_generator
+from nar_refine.inference.adaptive_refinement import REPEAT_MODES
 from nar_refine.inference.compiled import with_exported_passes
 from nar_refine.inference.hypotheses import remove_repeats
 from nar_refine.models import encoder_init
@@ -92,7 +93,7 @@ class NARTranslationConfig(TranslationConfig):
             "nothing: W stale steps take at least W steps)"
         },
     )
-    refine_repeats: ChoiceEnum(["keep", "mask", "drop"]) = field(
+    refine_repeats: ChoiceEnum(list(REPEAT_MODES)) = field(
         default="mask",
         metadata={
             "help": "refine decoding: what decoder 2 reads at a token equal to the one before "
