@@ -15,6 +15,7 @@ import torch
 
 from nar_refine.dictionaries import first_difference
 from nar_refine.errors import NARConfigError
+from nar_refine.inference.distinct_rows import on_distinct_rows
 
 
 def is_ctranslate2_model(path):
@@ -74,11 +75,19 @@ class CTranslate2TeacherScorer:
 
     def __call__(self, src_tokens, src_lengths, tokens, lprobs=None, rows=None):
         """Sum of the teacher's token log-probs of each row of ``tokens`` (+ </s>) given its
-        source (``rows``: the source row of every candidate, as ``TeacherScorer``)."""
+        source (``rows``: the source row of every candidate, as ``TeacherScorer``); equal
+        candidates of one source are scored once."""
+        if rows is None:
+            rows = torch.arange(src_tokens.size(0), device=tokens.device)
+        return on_distinct_rows(
+            lambda i: self.score(src_tokens, tokens if i is None else tokens[i],
+                                 rows if i is None else rows[i]), rows, tokens)
+
+    def score(self, src_tokens, tokens, rows):
+        """``__call__`` for every row (``rows``: the source row of each), equal ones included."""
         sources = [[self.src_symbols[t] for t in row if t not in self.src_skip]
                    for row in src_tokens.tolist()]
-        if rows is not None:
-            sources = [sources[r] for r in rows.tolist()]
+        sources = [sources[r] for r in rows.tolist()]
         targets = [[self.tgt_symbols[t] for t in row if t != self.pad] for row in tokens.tolist()]
         results = self.translator.score_batch(sources, targets)
         return torch.tensor([sum(r.log_probs) for r in results], device=tokens.device)

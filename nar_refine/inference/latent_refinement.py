@@ -34,6 +34,7 @@ real source positions, </s> included).
 import torch
 import torch.nn.functional as F
 
+from nar_refine.inference.distinct_rows import on_distinct_rows
 from nar_refine.inference.hypotheses import best_hypotheses, candidate_tokens
 from nar_refine.inference.latent_search import (build_candidate_scorer, expand_rows,
                                                 latent_candidates, select_best)
@@ -50,8 +51,8 @@ class DeltaRefiner:
     Called as ``refiner(model, enc, z)`` it is the model's whole ``delta_step``: (z', y,
     log-probs of y)."""
 
-    def decode_step(self, model, enc, z):
-        tokens, lprobs, _ = model.decode(enc, z)
+    def decode_step(self, model, enc, z, scores=True):
+        tokens, lprobs, _ = model.decode(enc, z, scores=scores)
         return tokens, lprobs
 
     def update_step(self, model, enc, tokens):
@@ -263,12 +264,15 @@ class LatentRefinementGenerator:
             else:
                 z = mu
 
-            state = self.refine(model, enc, z, (mu, sigma))
+            state = self.refine(model, enc, z, (mu, sigma), groups=rows)
             z, steps, dec = state.z, state.steps, state.dec
-            # decode only the rows whose final z has not been decoded yet (one softmax, one batch)
+            # decode only the rows whose final z has not been decoded yet (one softmax, one
+            # batch), and each distinct (sentence, z) of them once
             need = (~dec.known).nonzero().squeeze(1)
             if need.numel() > 0:
-                t, lp, _ = model.decode(enc.index(need), z[need])
+                t, lp = self._distinct(lambda i: model.decode(enc.index(need if i is None else need[i]),
+                                                              z[need if i is None else need[i]])[:2],
+                                       rows, need, z[need])
                 dec.put(need, t, lp)
             log_prior = model.log_prior(enc, z, prior=(mu, sigma))
             if state.unchecked is not None:
@@ -293,9 +297,19 @@ class LatentRefinementGenerator:
         return latent_hypotheses(self, best, tokens, lprobs, steps, lp_y, log_prior, z,
                                  enc["padding_mask"], scores, state.history)
 
-    def refine(self, model, enc, z, prior):
+    @staticmethod
+    def _distinct(fn, groups, index, *keys):
+        """``fn(None)`` for the rows ``index`` (of the B*m candidates), computed once per distinct
+        (sentence, keys) among them when ``groups`` (each candidate's sentence) is given."""
+        if groups is None:
+            return fn(None)
+        return on_distinct_rows(fn, groups[index], *keys)
+
+    def refine(self, model, enc, z, prior, groups=None):
         """Apply the refiner up to ``max_iter`` times to all rows, stopped rows leaving the
-        batch; every update is a tensor operation on row indices. Returns a ``RefineState``."""
+        batch; every update is a tensor operation on row indices. Returns a ``RefineState``.
+        ``groups``: the sentence of every row (latent search), so that the delta posterior of
+        candidates of one sentence that decoded alike is computed once."""
         n = z.size(0)
         z = z.clone()
         mu, sigma = prior
@@ -316,7 +330,10 @@ class LatentRefinementGenerator:
             z_a = z[active]
             if two_phase:
                 z_next = None
-                toks, lps = self.refiner.decode_step(model, sub, z_a)
+                # the token log-probs serve the rows that stop at this step (their decode is
+                # final) and the ascent check; a row can stop here only with one of them
+                can_stop = self.ascent_check or (self.adaptive and prev is not None)
+                toks, lps = self.refiner.decode_step(model, sub, z_a, scores=can_stop)
             else:
                 out = self.refiner(model, sub, z_a)
                 z_next, toks = out[0], out[1]
@@ -334,7 +351,7 @@ class LatentRefinementGenerator:
                 obj_before[active] = torch.where(worse, obj_before[active], obj)
                 go &= ~worse
             if toks is None and history is not None:
-                toks = model.decode(sub, z_a)[0]  # costs a softmax; only when asked
+                toks = model.decode(sub, z_a, scores=False)[0]  # a decode; only when asked
             if history is not None:
                 history.append(active[go], toks[go])
             if self.adaptive and toks is not None and prev is not None:
@@ -342,9 +359,15 @@ class LatentRefinementGenerator:
                 go &= ~same_rows(toks, prev, self.pad)
             keep = go.nonzero().squeeze(1)
             moving = active[keep]
-            if z_next is None:  # the posterior of the continuing rows only
-                z_next = (self.refiner.update_step(model, sub.index(keep), toks[keep])
-                          if keep.numel() > 0 else z.new_zeros((0,) + z.shape[1:]))
+            if z_next is None:  # the posterior of the continuing rows only, once per distinct y
+                if keep.numel() > 0:
+                    sub_k, toks_k = sub.index(keep), toks[keep]
+                    z_next = self._distinct(
+                        lambda i: self.refiner.update_step(model, sub_k if i is None else sub_k.index(i),
+                                                           toks_k if i is None else toks_k[i]),
+                        groups, moving, toks_k)
+                else:
+                    z_next = z.new_zeros((0,) + z.shape[1:])
             else:
                 z_next = z_next[keep]
             dec_before.copy_rows(moving, dec)

@@ -20,6 +20,7 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 
 from nar_refine.dictionaries import FINGERPRINT_KEY, first_difference, recorded_mismatch
 from nar_refine.errors import NARConfigError
+from nar_refine.inference.distinct_rows import on_distinct_rows
 from nar_refine.inference.ct2_teacher import CTranslate2TeacherScorer, is_ctranslate2_model
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,19 @@ class TeacherScorer:
         ``rows`` (optional): the source row of every candidate, when ``src_tokens`` holds each
         source once (B rows) and ``tokens`` several candidates per source (latent search,
         length beam): the teacher then encodes every source once and repeats its encoder
-        output (fairseq's ``reorder_encoder_out``) instead of encoding each candidate's copy."""
+        output (fairseq's ``reorder_encoder_out``) instead of encoding each candidate's copy.
+        Equal candidates of one source are scored once."""
+        if rows is None:
+            return on_distinct_rows(
+                lambda i: self.score(src_tokens, src_lengths, tokens) if i is None else
+                self.score(src_tokens[i], src_lengths[i], tokens[i]), src_tokens, tokens)
+        return on_distinct_rows(
+            lambda i: self.score(src_tokens, src_lengths, tokens if i is None else tokens[i],
+                                 rows=rows if i is None else rows[i]), rows, tokens)
+
+    @torch.no_grad()
+    def score(self, src_tokens, src_lengths, tokens, rows=None):
+        """``__call__`` for every row, equal ones included."""
         p = next(self.model.parameters())
         if p.device != tokens.device:
             self.model.to(tokens.device)

@@ -250,8 +250,8 @@ class InferenceNetworkModel(BaseFairseqModel):
     def decode_logits(self, enc, z, tgt_lengths):
         return self.lanmt.decode_logits(enc, z, tgt_lengths)
 
-    def decode(self, enc, z):
-        return self.lanmt.decode(enc, z)
+    def decode(self, enc, z, scores=True):
+        return self.lanmt.decode(enc, z, scores=scores)
 
     def decode_at(self, enc, z, lengths):
         """The LaNMT's ``decode`` at given target lengths instead of predicted ones: argmax y of

@@ -47,7 +47,7 @@ from nar_refine.models import encoder_init
 from nar_refine.models.refine_nat import SourceEncoding, _nat_defaults, encode_source, target_without_eos
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
-from nar_refine.modules.token_scores import argmax_log_probs
+from nar_refine.modules.token_scores import argmax_log_probs, argmax_tokens
 
 # floor on sigma: keeps log(sigma) and the KL gradient (about -1/sigma) finite. 1e-4 is the
 # smallest decade where sigma and 1/sigma are both normal fp16 numbers (fp16's smallest normal is
@@ -248,15 +248,22 @@ class LaNMTModel(BaseFairseqModel):
         h = self.decoder(x, tgt_mask, enc["states"], enc["padding_mask"])
         return self.output_projection(h)
 
-    def decode(self, enc, z):
+    def decode(self, enc, z, scores=True):
         """Argmax translation of z at its predicted length (special symbols excluded).
 
-        Returns (tokens B x T pad-padded, token log-probs B x T (0 at pads), lengths B).
+        Returns (tokens B x T pad-padded, token log-probs B x T (0 at pads), lengths B); with
+        ``scores=False`` no softmax is computed and the log-probs are None.
         """
         lengths = self.predict_lengths(enc, z)
-        scores, tokens = argmax_log_probs(self.decode_logits(enc, z, lengths), self._banned)
+        logits = self.decode_logits(enc, z, lengths)
+        if scores:
+            lprobs, tokens = argmax_log_probs(logits, self._banned)
+        else:
+            lprobs, tokens = None, argmax_tokens(logits, self._banned)
         pad_mask = lengths_to_padding_mask(lengths, tokens.size(1))
-        return tokens.masked_fill(pad_mask, self.pad), scores.masked_fill(pad_mask, 0.0), lengths
+        if lprobs is not None:
+            lprobs = lprobs.masked_fill(pad_mask, 0.0)
+        return tokens.masked_fill(pad_mask, self.pad), lprobs, lengths
 
     def delta_step(self, enc, z):
         """One step of delta-posterior inference: y = argmax p(y|z,x); z' = E_q(z|x,y)[z].
@@ -280,7 +287,7 @@ class LaNMTModel(BaseFairseqModel):
         y_0 = argmax p(y|mu, x)), in one call; returns as ``prior_output``."""
         enc = self.encode(src_tokens, src_lengths)
         mu, sigma = self.prior(enc)
-        tokens, _, _ = self.decode(enc, mu)
+        tokens, _, _ = self.decode(enc, mu, scores=False)
         return self.decoded_output(enc, mu, sigma, self.posterior(enc, tokens)[0].to(mu.dtype))
 
     def decoded_output(self, enc, mu, sigma, z):

@@ -36,7 +36,7 @@ from nar_refine.models import encoder_init
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean, uniform_copy
 from nar_refine.modules.corruption import repeated_positions
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
-from nar_refine.modules.token_scores import argmax_log_probs
+from nar_refine.modules.token_scores import argmax_log_probs, vocab_argmax
 
 
 @dataclass
@@ -317,7 +317,7 @@ class RefineNATModel(FairseqEncoderDecoderModel):
     def sample_or_argmax(logits, stochastic):
         """Deterministic (argmax) or stochastic (sampled) approximation of the latent chain."""
         if not stochastic:
-            return logits.argmax(-1)
+            return vocab_argmax(logits.detach())
         probs = torch.softmax(logits.detach().float(), -1)
         return torch.multinomial(probs.view(-1, probs.size(-1)), 1).view(probs.shape[:-1])
 

@@ -1,0 +1,47 @@
+"""Work done once per distinct row: latent-search candidates of one sentence often decode to the
+same translation, and then their delta posterior, their next decode and their teacher score are
+the same computation repeated. ``on_distinct_rows`` runs it for the first row of each group of
+equal rows and copies the result to the others (rows are equal when every key tensor is
+bit-for-bit equal in them)."""
+
+import torch
+
+
+def row_keys(*keys):
+    """N x K int64 matrix, one row per input row: the keys flattened side by side (floats by
+    their bits, so that equal means bit-for-bit equal)."""
+    cols = []
+    for key in keys:
+        key = key.reshape(key.size(0), -1)
+        if key.is_floating_point():
+            key = key.float().contiguous().view(torch.int32)
+        cols.append(key.long())
+    return torch.cat(cols, 1)
+
+
+def distinct_rows(*keys):
+    """(first, inverse): ``first`` the index of the first row of each group of equal rows,
+    ascending; ``inverse`` the group of every row (rows r and first[inverse[r]] are equal)."""
+    matrix = row_keys(*keys)
+    n = matrix.size(0)
+    unique, groups = torch.unique(matrix, dim=0, return_inverse=True)
+    order = torch.arange(n, device=matrix.device)
+    first = torch.full((unique.size(0),), n, dtype=torch.long, device=matrix.device)
+    first = first.scatter_reduce(0, groups, order, reduce="amin")
+    first, rank = first.sort()
+    position = torch.empty_like(rank)
+    position[rank] = torch.arange(rank.numel(), device=rank.device)
+    return first, position[groups]
+
+
+def on_distinct_rows(fn, *keys):
+    """``fn(index)`` (index: rows to compute, or None for all rows) evaluated on the distinct
+    rows only and expanded back to every row: equals ``fn(None)`` when ``fn`` computes each row
+    from that row's keys alone. ``fn`` returns a tensor or a tuple of tensors (None kept)."""
+    first, inverse = distinct_rows(*keys)
+    if first.numel() == inverse.numel():
+        return fn(None)
+    out = fn(first)
+    if isinstance(out, tuple):
+        return tuple(o if o is None else o.index_select(0, inverse) for o in out)
+    return out.index_select(0, inverse)
