@@ -20,8 +20,8 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 
 from nar_refine.dictionaries import FINGERPRINT_KEY, first_difference, recorded_mismatch
 from nar_refine.errors import NARConfigError
-from nar_refine.inference.distinct_rows import on_distinct_rows
 from nar_refine.inference.ct2_teacher import CTranslate2TeacherScorer, is_ctranslate2_model
+from nar_refine.inference.distinct_rows import on_distinct_rows
 
 logger = logging.getLogger(__name__)
 
