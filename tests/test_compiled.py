@@ -179,9 +179,17 @@ def test_ctranslate2_teacher_scores_as_the_pytorch_teacher(exported, toy_data, t
     cand = torch.randint(4, len(task.target_dictionary), (6, 5), generator=g)
     cand[1, 2:] = task.target_dictionary.pad()
     rows = torch.tensor([0, 0, 1, 1, 2, 2])
-    want = TeacherScorer.from_path(exported["teacher"], task)(src, None, cand, rows=rows)
-    got = TeacherScorer.from_path(str(folder), task)(src, None, cand, rows=rows)
+    cand[3] = cand[2]  # equal candidates of one sentence: scored once, both get the score
+    cand[4] = cand[0]  # equal to a candidate of another sentence: scored on its own
+    fairseq_teacher = TeacherScorer.from_path(exported["teacher"], task)
+    ct2_teacher = TeacherScorer.from_path(str(folder), task)
+    want = fairseq_teacher(src, None, cand, rows=rows)
+    got = ct2_teacher(src, None, cand, rows=rows)
     assert torch.allclose(got, want, atol=1e-4), (got, want)
+    for scorer, scores in ((fairseq_teacher, want), (ct2_teacher, got)):  # = every row scored
+        every = scorer.score(src, None, cand, rows=rows)
+        assert torch.allclose(scores, every, atol=1e-5) and scores[3] == scores[2]
+        assert not torch.isclose(scores[4], scores[0]), "another source, another score"
 
     # latent search over the compiled passes: the same choices as with the fairseq teacher
     # (generators built first: loading a fairseq teacher draws from torch's generator)

@@ -80,14 +80,15 @@ class CTranslate2TeacherScorer:
         if rows is None:
             rows = torch.arange(src_tokens.size(0), device=tokens.device)
         return on_distinct_rows(
-            lambda i: self.score(src_tokens, tokens if i is None else tokens[i],
-                                 rows if i is None else rows[i]), rows, tokens)
+            lambda i: self.score(src_tokens, src_lengths, tokens if i is None else tokens[i],
+                                 rows=rows if i is None else rows[i]), rows, tokens)
 
-    def score(self, src_tokens, tokens, rows):
-        """``__call__`` for every row (``rows``: the source row of each), equal ones included."""
+    def score(self, src_tokens, src_lengths, tokens, rows=None):
+        """``__call__`` for every row, equal ones included."""
         sources = [[self.src_symbols[t] for t in row if t not in self.src_skip]
                    for row in src_tokens.tolist()]
-        sources = [sources[r] for r in rows.tolist()]
+        if rows is not None:
+            sources = [sources[r] for r in rows.tolist()]
         targets = [[self.tgt_symbols[t] for t in row if t != self.pad] for row in tokens.tolist()]
         results = self.translator.score_batch(sources, targets)
         return torch.tensor([sum(r.log_probs) for r in results], device=tokens.device)
