@@ -230,6 +230,9 @@ def test_distinct_rows_groups_bitwise_equal_rows():
     z = torch.tensor([[0.0, 1.0], [-0.0, 1.0], [float("nan"), 2.0], [float("nan"), 2.0]])
     # equal means bit-for-bit: -0.0 is not 0.0, a NaN equals its own bits
     assert distinct_rows(torch.zeros(4, dtype=torch.long), z)[1].tolist() == [0, 1, 2, 2]
+    close = torch.tensor([[1.0], [1.0 + 1e-12], [1.0]], dtype=torch.float64)  # equal in fp32
+    assert distinct_rows(close)[1].tolist() == [0, 1, 0]
+    assert distinct_rows(close.half())[1].tolist() == [0, 0, 0]
     calls = []
 
     def fn(index):

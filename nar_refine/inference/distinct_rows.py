@@ -13,7 +13,9 @@ def row_keys(*keys):
     cols = []
     for key in keys:
         key = key.reshape(key.size(0), -1)
-        if key.is_floating_point():
+        if key.dtype == torch.float64:
+            key = key.contiguous().view(torch.int64)
+        elif key.is_floating_point():  # fp16 / bf16 -> fp32 keeps distinct values distinct
             key = key.float().contiguous().view(torch.int32)
         cols.append(key.long())
     return torch.cat(cols, 1)
