@@ -135,7 +135,8 @@ def get_parser():
                         "(time.process_time), for a machine whose cores other jobs keep busy")
     for action in p._actions:  # the benchmark's --out is a folder; here it is a prefix
         if action.dest == "out":
-            action.help = "output prefix: PREFIX.md and PREFIX.json (default: print only)"
+            action.help = "output prefix: PREFIX.md, PREFIX.json and PREFIX.png (default: print only)"
+    p.add_argument("--no-plot", action="store_true", help="skip PREFIX.png (no matplotlib needed)")
     p.add_argument("--title", default="Batch-1 latency by component",
                    help="heading of the markdown table")
     p.add_argument("--note", action="append", default=[],
@@ -213,6 +214,36 @@ def table(a, systems, lat, comp, n, command):
     return "\n".join(lines) + "\n"
 
 
+def plot(path, a, systems, comp):
+    """Each system's mean batch-1 time as one horizontal bar, split into its components."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = COMPONENTS + [OTHER]
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(systems) + 1.6))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ys = list(range(len(systems)))[::-1]  # the table's first row on top
+    left = [0.0] * len(systems)
+    for j, part in enumerate(parts):
+        widths = [comp[s.key].get(part, 0.0) for s in systems]
+        if not any(widths):
+            continue
+        ax.barh(ys, widths, left=left, color="lightgrey" if part == OTHER else colours[j % len(colours)],
+                label=part, edgecolor="white", linewidth=0.5)
+        left = [x + w for x, w in zip(left, widths)]
+    ax.set_yticks(ys)
+    ax.set_yticklabels([s.key for s in systems], fontsize=8)
+    ax.set_xlabel(f"mean ms per sentence at batch 1 ({a.threads} thread(s), "
+                  f"{'CPU time' if a.clock == 'cpu' else 'wall clock'})")
+    ax.set_title(a.title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     a = get_parser().parse_args(argv)
@@ -236,6 +267,8 @@ def main(argv=None):
             "systems": [{"key": s.key, "name": s.name, "latencies_ms": [round(x, 4) for x in lat[s.key]],
                          "components_ms": {k: round(v, 4) for k, v in comp[s.key].items()}}
                         for s in systems]}, indent=1))
+        if not a.no_plot:
+            plot(f"{out}.png", a, systems, comp)
 
 
 if __name__ == "__main__":

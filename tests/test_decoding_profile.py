@@ -74,6 +74,7 @@ def test_profile_splits_each_row_into_components(toy_data, work, tmp_path):
     assert sorted(s["key"] for s in data["systems"]) == sorted(systems.split(","))  # benchmark order
     assert all(len(s["latencies_ms"]) == 4 for s in data["systems"])
     assert proc.stdout.count("| `") == len(rows)
+    assert Path(f"{out}.png").stat().st_size > 5000  # the components as stacked bars
 
 
 def test_scaling_measures_every_batch_size_and_thread_count(toy_data, work, tmp_path):
