@@ -235,17 +235,16 @@ def test_distinct_rows_groups_bitwise_equal_rows():
     assert distinct_rows(close.half())[1].tolist() == [0, 0, 0]
     calls = []
 
-    def fn(index):
-        calls.append(None if index is None else index.tolist())
-        rows = tokens if index is None else tokens[index]
-        return rows.sum(1) * 10 + (groups if index is None else groups[index]), None
+    def fn(index, rows, row_groups, nothing):
+        calls.append(index.tolist())
+        return rows.sum(1) * 10 + row_groups, nothing
 
-    out, none = on_distinct_rows(fn, groups, tokens)
-    assert calls == [[0, 1, 3]] and none is None
+    out, none = on_distinct_rows(fn, (groups, tokens), torch.arange(6), tokens, groups, None)
+    assert calls == [[0, 1, 3]] and none is None  # one call, on the first rows of the groups
     assert out.tolist() == (tokens.sum(1) * 10 + groups).tolist()
     calls.clear()
-    on_distinct_rows(fn, torch.arange(6), tokens)  # all distinct: one call on every row
-    assert calls == [None]
+    on_distinct_rows(fn, (torch.arange(6), tokens), torch.arange(6), tokens, groups, None)
+    assert calls == [list(range(6))]  # all distinct: one call on every row
 
 
 def test_latent_search_computes_each_distinct_candidate_once(lanmt, ar_teacher, monkeypatch):
@@ -276,7 +275,7 @@ def test_latent_search_computes_each_distinct_candidate_once(lanmt, ar_teacher, 
         for plain in (False, True):
             if plain:
                 for module in (latent_refinement, teacher_module):
-                    monkeypatch.setattr(module, "on_distinct_rows", lambda fn, *keys: fn(None))
+                    monkeypatch.setattr(module, "on_distinct_rows", lambda fn, keys, *rows: fn(*rows))
             for r in rows.values():
                 r.clear()
             gen = latent_gen(task, refiner=delta_refiner, max_iter=1, search_size=m, search_noise=1.0,

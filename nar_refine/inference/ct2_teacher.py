@@ -79,9 +79,8 @@ class CTranslate2TeacherScorer:
         candidates of one source are scored once."""
         if rows is None:
             rows = torch.arange(src_tokens.size(0), device=tokens.device)
-        return on_distinct_rows(
-            lambda i: self.score(src_tokens, src_lengths, tokens if i is None else tokens[i],
-                                 rows=rows if i is None else rows[i]), rows, tokens)
+        return on_distinct_rows(lambda t, r: self.score(src_tokens, src_lengths, t, rows=r),
+                                (rows, tokens), tokens, rows)
 
     def score(self, src_tokens, src_lengths, tokens, rows=None):
         """``__call__`` for every row, equal ones included."""

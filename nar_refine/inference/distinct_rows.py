@@ -36,14 +36,24 @@ def distinct_rows(*keys):
     return first, position[groups]
 
 
-def on_distinct_rows(fn, *keys):
-    """``fn(index)`` (index: rows to compute, or None for all rows) evaluated on the distinct
-    rows only and expanded back to every row: equals ``fn(None)`` when ``fn`` computes each row
-    from that row's keys alone. ``fn`` returns a tensor or a tuple of tensors (None kept)."""
+def take_rows(x, index):
+    """Rows ``index`` of a tensor, or of an object with ``.index`` (a ``SourceEncoding``); None
+    stays None."""
+    if x is None:
+        return None
+    return x.index_select(0, index) if torch.is_tensor(x) else x.index(index)
+
+
+def on_distinct_rows(fn, keys, *rows):
+    """``fn(*rows)`` computed for the distinct rows only and expanded back to every row: ``rows``
+    (tensors, or objects with ``.index``, first dimension N; None passes through) are cut to the
+    first row of each group of rows with equal ``keys`` (a tuple of tensors), so this equals
+    ``fn(*rows)`` when ``fn`` computes each row from that row's keys alone. ``fn`` returns a
+    tensor or a tuple of tensors (None kept)."""
     first, inverse = distinct_rows(*keys)
     if first.numel() == inverse.numel():
-        return fn(None)
-    out = fn(first)
+        return fn(*rows)
+    out = fn(*(take_rows(x, first) for x in rows))
     if isinstance(out, tuple):
         return tuple(o if o is None else o.index_select(0, inverse) for o in out)
     return out.index_select(0, inverse)

@@ -270,9 +270,9 @@ class LatentRefinementGenerator:
             # batch), and each distinct (sentence, z) of them once
             need = (~dec.known).nonzero().squeeze(1)
             if need.numel() > 0:
-                t, lp = self._distinct(lambda i: model.decode(enc.index(need if i is None else need[i]),
-                                                              z[need if i is None else need[i]])[:2],
-                                       rows, need, z[need])
+                z_need = z[need]
+                t, lp = self._distinct(lambda e, zz: model.decode(e, zz)[:2], rows, need, (z_need,),
+                                       enc.index(need), z_need)
                 dec.put(need, t, lp)
             log_prior = model.log_prior(enc, z, prior=(mu, sigma))
             if state.unchecked is not None:
@@ -298,12 +298,12 @@ class LatentRefinementGenerator:
                                  enc["padding_mask"], scores, state.history)
 
     @staticmethod
-    def _distinct(fn, groups, index, *keys):
-        """``fn(None)`` for the rows ``index`` (of the B*m candidates), computed once per distinct
+    def _distinct(fn, groups, index, keys, *rows):
+        """``fn(*rows)`` for the candidate rows ``index`` (of the B*m), computed once per distinct
         (sentence, keys) among them when ``groups`` (each candidate's sentence) is given."""
         if groups is None:
-            return fn(None)
-        return on_distinct_rows(fn, groups[index], *keys)
+            return fn(*rows)
+        return on_distinct_rows(fn, (groups[index], *keys), *rows)
 
     def refine(self, model, enc, z, prior, groups=None):
         """Apply the refiner up to ``max_iter`` times to all rows, stopped rows leaving the
@@ -361,11 +361,9 @@ class LatentRefinementGenerator:
             moving = active[keep]
             if z_next is None:  # the posterior of the continuing rows only, once per distinct y
                 if keep.numel() > 0:
-                    sub_k, toks_k = sub.index(keep), toks[keep]
-                    z_next = self._distinct(
-                        lambda i: self.refiner.update_step(model, sub_k if i is None else sub_k.index(i),
-                                                           toks_k if i is None else toks_k[i]),
-                        groups, moving, toks_k)
+                    toks_k = toks[keep]
+                    z_next = self._distinct(lambda e, y: self.refiner.update_step(model, e, y),
+                                            groups, moving, (toks_k,), sub.index(keep), toks_k)
                 else:
                     z_next = z.new_zeros((0,) + z.shape[1:])
             else:

@@ -66,7 +66,6 @@ class ScoreRefiner:
         best = mean.view(bsz, n_alpha).argmax(-1)
         return cand[best + torch.arange(bsz, device=z.device) * n_alpha], None
 
-
     def direct_output(self, model, max_iter):
         """The model's one-call decoding (one score step, no line search), or None."""
         if max_iter != 1 or self.alphas is not None or getattr(model, "energy", False):

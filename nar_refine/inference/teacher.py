@@ -143,12 +143,9 @@ class TeacherScorer:
         output (fairseq's ``reorder_encoder_out``) instead of encoding each candidate's copy.
         Equal candidates of one source are scored once."""
         if rows is None:
-            return on_distinct_rows(
-                lambda i: self.score(src_tokens, src_lengths, tokens) if i is None else
-                self.score(src_tokens[i], src_lengths[i], tokens[i]), src_tokens, tokens)
-        return on_distinct_rows(
-            lambda i: self.score(src_tokens, src_lengths, tokens if i is None else tokens[i],
-                                 rows=rows if i is None else rows[i]), rows, tokens)
+            return on_distinct_rows(self.score, (src_tokens, tokens), src_tokens, src_lengths, tokens)
+        return on_distinct_rows(lambda t, r: self.score(src_tokens, src_lengths, t, rows=r),
+                                (rows, tokens), tokens, rows)
 
     @torch.no_grad()
     def score(self, src_tokens, src_lengths, tokens, rows=None):

@@ -16,13 +16,8 @@ def argmax_log_probs(logits, banned=None):
     (one fp32 copy of the logits). ``logits`` is modified in place (the banned ids).
 
     In an ONNX export the argmax is ``exported_argmax``'s."""
-    lp = torch.log_softmax(logits, -1, dtype=torch.float32)
-    if torch.onnx.is_in_onnx_export():
-        tokens = exported_argmax(logits, banned)
-    else:
-        if banned is not None and banned.numel() > 0:
-            logits = logits.index_fill_(-1, banned, float("-inf"))
-        tokens = vocab_argmax(logits)
+    lp = torch.log_softmax(logits, -1, dtype=torch.float32)  # before the banned ids are filled
+    tokens = argmax_tokens(logits, banned)
     return lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), tokens
 
 
