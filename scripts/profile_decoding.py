@@ -115,7 +115,7 @@ def instrument(clock, models, generator):
             clock.wrap(model, "decode_at", "decoder")
     elif hasattr(model, "refine_step"):  # refine_nat
         clock.wrap(model.encoder, "forward", "encoder")
-        for name in ("length_logits", "initial_step", "refine_step"):
+        for name in ("length_logits", "initial_step", "refine_step", "read_output"):
             clock.wrap(model, name, "decoder")
     elif hasattr(model, "encoder") and hasattr(model, "decoder"):  # AR (or CMLM)
         clock.wrap(model.encoder, "forward", "encoder")

@@ -21,6 +21,7 @@ from helpers import USER_DIR
 from nar_refine.inference import adaptive_refinement, latent_refinement
 from nar_refine.inference.latent_refinement import LatentRefinementGenerator, delta_refiner
 from nar_refine.inference.latent_search import ModelScorer
+from nar_refine.modules import token_scores
 
 
 class OpCounter(TorchDispatchMode):
@@ -159,7 +160,11 @@ def test_refine_ops_do_not_grow_with_batch_or_beam(toy_data, monkeypatch):
             gen = AdaptiveRefinementGenerator(task.target_dictionary, max_iter=3, adaptive=False,
                                               length_beam=beam)
             sample = batch(task, bsz)
-            n, hypos = count_ops(lambda: gen.generate([model], sample), monkeypatch)
+            with pytest.MonkeyPatch.context() as mp:
+                # the vocabulary projection's blocks (one per ROW_BLOCK positions) grow with the
+                # batch by design; everything else must not
+                mp.setattr(token_scores, "ROW_BLOCK", 1 << 30)
+                n, hypos = count_ops(lambda: gen.generate([model], sample), monkeypatch)
             assert len(hypos) == bsz
             counts[bsz, beam] = n
     # (a batch of one takes a few more views in PyTorch's indexing than larger ones)
@@ -197,6 +202,78 @@ def test_argmax_log_probs_equals_log_softmax_then_mask(dtype):
     plain_scores, plain_tokens = argmax_log_probs(logits.clone())
     assert torch.equal(plain_tokens, logits.float().argmax(-1))
     assert torch.allclose(plain_scores, torch.log_softmax(logits.float(), -1).max(-1)[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("scores", [True, False])
+def test_projected_argmax_in_blocks_equals_one_block(monkeypatch, scores):
+    """The vocabulary projection read ROW_BLOCK positions at a time gives every position the
+    tokens and log-probabilities (bit for bit) of projecting the whole batch at once: ties
+    (equal rows of the projection), banned ids and a last block shorter than the others."""
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(16, 300, bias=False)
+    with torch.no_grad():
+        proj.weight[7] = proj.weight[5]  # ids 5 and 7 always tie: 5 must win
+        proj.weight[2] = proj.weight[5] * 3  # a banned id that would win
+    hidden = torch.randn(4, 29, 16)
+    hidden[0, :3] = proj.weight[5].detach() * 5  # positions where the tie is the maximum
+    banned = torch.tensor([0, 1, 2])
+    want = token_scores.argmax_log_probs(proj(hidden), banned)
+    if not scores:
+        want = (None, want[1])
+    blocks = []
+    real = proj.forward
+    monkeypatch.setattr(proj, "forward", lambda x: blocks.append(x.shape[:-1]) or real(x))
+    monkeypatch.setattr(token_scores, "ROW_BLOCK", 10)
+    got = token_scores.projected_argmax(hidden, proj, banned, scores)
+    assert blocks == [(10,)] * 11 + [(6,)]  # 116 positions, never all at once
+    assert torch.equal(got[1], want[1]) and bool((got[1][0, :3] == 5).all())
+    assert not torch.isin(got[1], banned).any()
+    if scores:
+        assert got[0].dtype == torch.float32 and torch.equal(got[0], want[0])
+    else:
+        assert got[0] is None
+    blocks.clear()
+    monkeypatch.setattr(token_scores, "ROW_BLOCK", 116)  # fits: one call on the B x T x d states
+    assert torch.equal(token_scores.projected_argmax(hidden, proj, banned, scores)[1], want[1])
+    assert blocks == [(4, 29)]
+
+
+def test_projected_token_log_probs_in_blocks_equals_one_block(monkeypatch):
+    torch.manual_seed(1)
+    proj = torch.nn.Linear(16, 300, bias=False)
+    hidden, target = torch.randn(3, 41, 16), torch.randint(0, 300, (3, 41))
+    want = torch.log_softmax(proj(hidden), -1, dtype=torch.float32).gather(-1, target[..., None])[..., 0]
+    monkeypatch.setattr(token_scores, "ROW_BLOCK", 16)
+    assert torch.equal(token_scores.projected_token_log_probs(hidden, proj, target), want)
+
+
+def test_decoding_in_projection_blocks_equals_one_block(toy_data, lanmt, ar_teacher, monkeypatch):
+    """refine_nat (decoder 1, refinement steps, length beam), LaNMT delta inference and latent
+    search with the teacher give the same tokens and scores whatever the projection's block."""
+    from nar_refine.inference.adaptive_refinement import AdaptiveRefinementGenerator
+    from nar_refine.inference.teacher import TeacherScorer
+
+    task, model = lanmt
+    teacher = TeacherScorer.from_path(ar_teacher, task, like=model)
+    refine_task, refine = build(toy_data, "refine_nat_tiny")
+    sample = batch(task, 12)
+    runs = []
+    for block in (1 << 30, 7):
+        monkeypatch.setattr(token_scores, "ROW_BLOCK", block)
+        out = []
+        gens = [(refine, AdaptiveRefinementGenerator(refine_task.target_dictionary, max_iter=3,
+                                                     length_beam=2, scorer=teacher)),
+                (model, latent_gen(task, refiner=delta_refiner, max_iter=2)),
+                (model, latent_gen(task, refiner=delta_refiner, max_iter=1, search_size=3,
+                                   search_noise=1.0, scorer=teacher))]
+        for m, gen in gens:
+            torch.manual_seed(3)
+            out.append([(h[0]["tokens"].tolist(), h[0]["positional_scores"].tolist(),
+                         h[0].get("search_score"), h[0].get("rerank_score"))
+                        for h in gen.generate([m], sample)])
+        runs.append(out)
+    assert runs[0] == runs[1]
+    assert any(r[3] is not None for r in runs[0][0]) and any(r[2] is not None for r in runs[0][2])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -264,6 +341,7 @@ def test_latent_search_computes_each_distinct_candidate_once(lanmt, ar_teacher, 
         return z
 
     monkeypatch.setattr(latent_refinement, "latent_candidates", twinned)
+    monkeypatch.setattr(token_scores, "ROW_BLOCK", 1 << 30)  # one projection call per decode
     rows = {"posterior": [], "decoder": [], "teacher": []}
     hooks = [model.posterior_out.register_forward_hook(lambda mod, i, o: rows["posterior"].append(o.size(0))),
              model.output_projection.register_forward_hook(lambda mod, i, o: rows["decoder"].append(o.size(0))),
@@ -307,12 +385,10 @@ def test_latent_search_computes_each_distinct_candidate_once(lanmt, ar_teacher, 
     (dict(max_iter=2, ascent_check=True), 2),  # the ascent check reads every step's log-probs
 ])
 def test_delta_steps_compute_token_scores_only_where_read(lanmt, monkeypatch, kw, softmaxes):
-    from nar_refine.models import lanmt as lanmt_module
-
     task, model = lanmt
     calls = []
-    real = lanmt_module.argmax_log_probs
-    monkeypatch.setattr(lanmt_module, "argmax_log_probs", lambda *a: calls.append(1) or real(*a))
+    real = token_scores.argmax_log_probs
+    monkeypatch.setattr(token_scores, "argmax_log_probs", lambda *a: calls.append(1) or real(*a))
     sample = batch(task, 4)
     gen = latent_gen(task, refiner=delta_refiner, **kw)
     hypos = gen.generate([model], sample)

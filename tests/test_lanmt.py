@@ -19,6 +19,7 @@ import torch
 
 from helpers import (REPO, max_grad_at_init, USER_DIR, cli, generate, parse_hypotheses, preprocess, run, teacher_one_by_one,
                      train, train_ar_teacher)
+from nar_refine.modules import token_scores
 
 N_TEST = 60  # sentences in the toy test split
 NAR = ["--task", "nar_translation"]
@@ -479,8 +480,9 @@ def test_delta_ascent_check_never_lowers_the_objective(lanmt):
         task.cfg.delta_ascent_check = False
 
 
-def test_prior_decoding_uses_one_softmax_per_batch(lanmt):
+def test_prior_decoding_uses_one_softmax_per_batch(lanmt, monkeypatch):
     model, task = lanmt
+    monkeypatch.setattr(token_scores, "ROW_BLOCK", 1 << 30)  # a projection call per decode
     calls = []
     hook = model.output_projection.register_forward_hook(lambda *a: calls.append(1))
     try:
@@ -490,11 +492,12 @@ def test_prior_decoding_uses_one_softmax_per_batch(lanmt):
     assert len(calls) == len(toy_batches(task))
 
 
-def test_refiner_that_never_decodes_costs_one_softmax(lanmt):
+def test_refiner_that_never_decodes_costs_one_softmax(lanmt, monkeypatch):
     """The contract the score/energy refiners rely on: only the final z is decoded."""
     from nar_refine.inference.latent_refinement import LatentRefinementGenerator
 
     model, task = lanmt
+    monkeypatch.setattr(token_scores, "ROW_BLOCK", 1 << 30)  # a projection call per decode
     calls = []
     hook = model.output_projection.register_forward_hook(lambda *a: calls.append(1))
     gen = LatentRefinementGenerator(task.target_dictionary, refiner=lambda m, e, z: (z * 0.9, None),

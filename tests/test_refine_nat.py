@@ -7,6 +7,7 @@ import random
 import re
 import subprocess
 import sys
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -189,18 +190,26 @@ class ScriptedRefiner(torch.nn.Module):
 
         return Lengths()
 
-    def _out(self, rows, step):
-        words = torch.tensor([self.script[r][min(int(l), len(self.script[r]) - 1)]
-                              for r, l in zip(rows.tolist(), step.tolist())])
+    def _out(self, rows, step, project=True):
+        # the hidden state of every position is (step, row): the projection reads the script
+        hidden = torch.stack([step.float(), rows.float()], -1)[:, None].expand(-1, self.length, 2)
+        return (self._project(hidden) if project else None), hidden
+
+    def _project(self, hidden):
+        flat = hidden.reshape(-1, 2).long().tolist()
+        words = torch.tensor([self.script[r][min(l, len(self.script[r]) - 1)] for l, r in flat])
         logits = torch.nn.functional.one_hot(words, self.vocab).float() * 10
-        hidden = step.float()[:, None, None].expand(-1, self.length, 1)
-        return logits[:, None].expand(-1, self.length, -1), hidden
+        return logits.view(*hidden.shape[:-1], self.vocab)
 
-    def initial_step(self, enc, lengths):
-        return self._out(enc["row"], torch.zeros_like(enc["row"]))
+    @property
+    def decoder(self):
+        return types.SimpleNamespace(output_projection=self._project, refine_output=self._project)
 
-    def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None):
-        return self._out(enc["row"], prev_hidden[:, 0, 0].long() + 1)
+    def initial_step(self, enc, lengths, project=True):
+        return self._out(enc["row"], torch.zeros_like(enc["row"]), project)
+
+    def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None, project=True):
+        return self._out(enc["row"], prev_hidden[:, 0, 0].long() + 1, project)
 
     # what the generator calls: the model's own reading of the two steps above
     pad = 1

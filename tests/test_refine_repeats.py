@@ -88,9 +88,9 @@ def test_mask_reads_repeated_positions_without_their_token(toy_data):
     seen = []
     real = model.refine_step
 
-    def spy(enc, prev_tokens, prev_hidden, token_mask=None):
+    def spy(enc, prev_tokens, prev_hidden, token_mask=None, project=True):
         seen.append((prev_tokens.clone(), token_mask))
-        return real(enc, prev_tokens, prev_hidden, token_mask=token_mask)
+        return real(enc, prev_tokens, prev_hidden, token_mask=token_mask, project=project)
 
     model.refine_step = spy
     AdaptiveRefinementGenerator(task.target_dictionary, max_iter=2, adaptive=False,
@@ -147,9 +147,9 @@ def test_training_passes_mask_repeated_tokens(toy_data):
     seen = []
     real = model.decoder.refine_step
 
-    def spy(enc, prev_tokens, prev_hidden, token_mask=None):
+    def spy(enc, prev_tokens, prev_hidden, token_mask=None, project=True):
         seen.append((prev_tokens.clone(), token_mask))
-        return real(enc, prev_tokens, prev_hidden, token_mask)
+        return real(enc, prev_tokens, prev_hidden, token_mask, project)
 
     model.decoder.refine_step = spy
     net = sample["net_input"]

@@ -22,6 +22,7 @@ from nar_refine.dictionaries import FINGERPRINT_KEY, first_difference, recorded_
 from nar_refine.errors import NARConfigError
 from nar_refine.inference.ct2_teacher import CTranslate2TeacherScorer, is_ctranslate2_model
 from nar_refine.inference.distinct_rows import on_distinct_rows
+from nar_refine.modules.token_scores import projected_token_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -165,11 +166,16 @@ class TeacherScorer:
         encoder_out = self.model.encoder(src_tokens, src_lengths=src_lengths)
         if rows is not None:
             encoder_out = self.model.encoder.reorder_encoder_out(encoder_out, rows)
-        out = self.model.decoder(prev, encoder_out=encoder_out, **self._decoder_kwargs)
-        if getattr(self.model.decoder, "adaptive_softmax", None) is not None:
+        decoder = self.model.decoder
+        projection = getattr(decoder, "output_projection", None)
+        if (getattr(decoder, "adaptive_softmax", None) is None and self._decoder_kwargs
+                and isinstance(projection, torch.nn.Linear)):
+            # fairseq's Transformer decoder: its states, projected onto the vocabulary in
+            # blocks of positions (one fused fp32 log_softmax each, read at the target)
+            states, _ = decoder(prev, encoder_out=encoder_out, features_only=True, **self._decoder_kwargs)
+            tok_lp = projected_token_log_probs(states, projection, target)
+        else:
+            out = decoder(prev, encoder_out=encoder_out, **self._decoder_kwargs)
             lp = self.model.get_normalized_probs(out, log_probs=True).float()
-            tok_lp = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        else:  # one fused fp32 log_softmax (torch.logsumexp is several times slower on a CPU)
-            lp = torch.log_softmax(out[0], -1, dtype=torch.float32)
             tok_lp = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
         return tok_lp.masked_fill(target.eq(self.pad), 0.0).sum(-1)

@@ -35,7 +35,6 @@ from fairseq.models import BaseFairseqModel, register_model, register_model_arch
 from nar_refine.errors import NARConfigError
 from nar_refine.modules import ParallelTransformerStack
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
-from nar_refine.modules.token_scores import argmax_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +256,7 @@ class InferenceNetworkModel(BaseFairseqModel):
         """The LaNMT's ``decode`` at given target lengths instead of predicted ones: argmax y of
         p(y|z,x) (special symbols excluded); returns (tokens, token log-probs), pad / 0 at pads.
         Used to compare latents at one fixed length (the score line search)."""
-        scores, tokens = argmax_log_probs(self.lanmt.decode_logits(enc, z, lengths), self.lanmt._banned)
+        scores, tokens = self.lanmt.decode_read(enc, z, lengths)
         pad_mask = lengths_to_padding_mask(lengths, tokens.size(1))
         return tokens.masked_fill(pad_mask, self.lanmt.pad), scores.masked_fill(pad_mask, 0.0)
 

@@ -47,7 +47,7 @@ from nar_refine.models import encoder_init
 from nar_refine.models.refine_nat import SourceEncoding, _nat_defaults, encode_source, target_without_eos
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
-from nar_refine.modules.token_scores import argmax_log_probs, argmax_tokens
+from nar_refine.modules.token_scores import argmax_log_probs, argmax_tokens, projected_argmax
 
 # floor on sigma: keeps log(sigma) and the KL gradient (about -1/sigma) finite. 1e-4 is the
 # smallest decade where sigma and 1/sigma are both normal fp16 numbers (fp16's smallest normal is
@@ -238,15 +238,30 @@ class LaNMTModel(BaseFairseqModel):
     def transform_width(self):
         return self.log_transform_width.exp()
 
-    def decode_logits(self, enc, z, tgt_lengths):
-        """p(y|z,x) logits, B x T x V, for the given target lengths (one output projection)."""
+    def decode_states(self, enc, z, tgt_lengths):
+        """The decoder's output states of p(y|z,x), B x T x d, for the given target lengths."""
         h = self.latent_to_hidden(z.to(self.latent_to_hidden.weight.dtype))
         x, _ = length_transform(h, enc["padding_mask"], tgt_lengths, self.transform_width)
         if self.length_embed is not None:
             x = x + self.length_embed(tgt_lengths.clamp(1, self.max_target_positions))[:, None]
         tgt_mask = lengths_to_padding_mask(tgt_lengths.clamp(min=1), x.size(1))
-        h = self.decoder(x, tgt_mask, enc["states"], enc["padding_mask"])
-        return self.output_projection(h)
+        return self.decoder(x, tgt_mask, enc["states"], enc["padding_mask"])
+
+    def decode_logits(self, enc, z, tgt_lengths):
+        """p(y|z,x) logits, B x T x V, for the given target lengths (one output projection)."""
+        return self.output_projection(self.decode_states(enc, z, tgt_lengths))
+
+    def decode_read(self, enc, z, tgt_lengths, scores=True):
+        """Argmax tokens of p(y|z,x) at the given lengths (special symbols excluded) and their
+        log-probabilities (None with ``scores=False``), pads not yet filled: the projection
+        read in blocks of positions (``projected_argmax``); over ONNX Runtime's exported
+        ``decode_logits`` when the passes are exported (``--onnx-dir``)."""
+        if "decode_logits" in getattr(self, "exported", ()):
+            logits = self.decode_logits(enc, z, tgt_lengths)
+            return (argmax_log_probs(logits, self._banned) if scores
+                    else (None, argmax_tokens(logits, self._banned)))
+        return projected_argmax(self.decode_states(enc, z, tgt_lengths), self.output_projection,
+                                self._banned, scores)
 
     def decode(self, enc, z, scores=True):
         """Argmax translation of z at its predicted length (special symbols excluded).
@@ -255,11 +270,7 @@ class LaNMTModel(BaseFairseqModel):
         ``scores=False`` no softmax is computed and the log-probs are None.
         """
         lengths = self.predict_lengths(enc, z)
-        logits = self.decode_logits(enc, z, lengths)
-        if scores:
-            lprobs, tokens = argmax_log_probs(logits, self._banned)
-        else:
-            lprobs, tokens = None, argmax_tokens(logits, self._banned)
+        lprobs, tokens = self.decode_read(enc, z, lengths, scores)
         pad_mask = lengths_to_padding_mask(lengths, tokens.size(1))
         if lprobs is not None:
             lprobs = lprobs.masked_fill(pad_mask, 0.0)

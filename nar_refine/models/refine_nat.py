@@ -36,7 +36,7 @@ from nar_refine.models import encoder_init
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean, uniform_copy
 from nar_refine.modules.corruption import repeated_positions
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
-from nar_refine.modules.token_scores import argmax_log_probs, vocab_argmax
+from nar_refine.modules.token_scores import projected_argmax, vocab_argmax
 
 
 @dataclass
@@ -240,8 +240,8 @@ class RefineNATModel(FairseqEncoderDecoderModel):
         states = states.detach() if self.args.length_detach_input else states
         return self.length_predictor(masked_mean(states, enc["padding_mask"]))
 
-    def initial_step(self, enc, tgt_lengths):
-        return self.decoder.initial_step(enc, tgt_lengths)
+    def initial_step(self, enc, tgt_lengths, project=True):
+        return self.decoder.initial_step(enc, tgt_lengths, project)
 
     def first_output(self, src_tokens, src_lengths, max_len):
         """Decoder 1's argmax output at the most likely length, from the source in one call
@@ -261,22 +261,23 @@ class RefineNATModel(FairseqEncoderDecoderModel):
     def initial_read(self, enc, tgt_lengths):
         """Decoder 1's argmax tokens, their log-probabilities (pads and 0 beyond each length)
         and its hidden states: ``initial_step`` read as decoding reads it, in one call."""
-        logits, hidden = self.initial_step(enc, tgt_lengths)
-        return (*self.read_output(logits, tgt_lengths), hidden)
+        _, hidden = self.initial_step(enc, tgt_lengths, project=False)
+        return (*self.read_output(hidden, self.decoder.output_projection, tgt_lengths), hidden)
 
     def refine_read(self, enc, prev_tokens, prev_hidden, token_mask, tgt_lengths):
         """One refinement step read as ``initial_read`` reads decoder 1."""
-        logits, hidden = self.refine_step(enc, prev_tokens, prev_hidden, token_mask)
-        return (*self.read_output(logits, tgt_lengths), hidden)
+        _, hidden = self.refine_step(enc, prev_tokens, prev_hidden, token_mask, project=False)
+        return (*self.read_output(hidden, self.decoder.refine_output, tgt_lengths), hidden)
 
-    def read_output(self, logits, lengths):
-        """Argmax tokens and their log-probabilities, pads (and 0) beyond each length."""
-        scores, tokens = argmax_log_probs(logits)
+    def read_output(self, hidden, projection, lengths):
+        """Argmax tokens and their log-probabilities of ``projection(hidden)`` (in blocks of
+        positions: ``projected_argmax``), pads (and 0) beyond each length."""
+        scores, tokens = projected_argmax(hidden, projection)
         beyond = lengths_to_padding_mask(lengths, tokens.size(1))
         return tokens.masked_fill(beyond, self.pad), scores.masked_fill(beyond, 0.0)
 
-    def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None):
-        return self.decoder.refine_step(enc, prev_tokens, prev_hidden, token_mask)
+    def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None, project=True):
+        return self.decoder.refine_step(enc, prev_tokens, prev_hidden, token_mask, project)
 
     # -- training ---------------------------------------------------------------------------
     def forward(self, src_tokens, src_lengths, prev_output_tokens=None, tgt_tokens=None,
@@ -371,31 +372,36 @@ class RefineNATDecoder(FairseqDecoder):
             nn.init.normal_(self.refine_projection.weight, mean=0, std=dim**-0.5)
             nn.init.constant_(self.refine_projection.weight[dictionary.pad()], 0)
 
-    def initial_step(self, enc, tgt_lengths):
-        """Decoder 1 on a uniform copy of the source embeddings -> (logits, hidden)."""
+    @property
+    def refine_output(self):
+        """The projection of decoder 2's states onto the vocabulary."""
+        return self.output_projection if self.refine_projection is None else self.refine_projection
+
+    def initial_step(self, enc, tgt_lengths, project=True):
+        """Decoder 1 on a uniform copy of the source embeddings -> (logits, hidden); logits
+        None unless ``project``."""
         mask = lengths_to_padding_mask(tgt_lengths.clamp(min=1))
         src_emb = self._shift_to_start(enc["embedding"], enc["start"])
         x = uniform_copy(src_emb, enc["length"], tgt_lengths.clamp(min=1))
         h = self.initial(x, mask, enc["states"], enc["padding_mask"])
-        return self.output_projection(h), h
+        return (self.output_projection(h) if project else None), h
 
-    def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None):
-        """Decoder 2 on embed(previous output) [+ previous hidden states] -> (logits, hidden).
-        ``token_mask`` (B x T bool): positions read without their token (the previous hidden
-        state alone; ``--refine-repeats mask``)."""
+    def refine_step(self, enc, prev_tokens, prev_hidden, token_mask=None, project=True):
+        """Decoder 2 on embed(previous output) [+ previous hidden states] -> (logits, hidden);
+        logits None unless ``project``. ``token_mask`` (B x T bool): positions read without
+        their token (the previous hidden state alone; ``--refine-repeats mask``)."""
         mask = prev_tokens.eq(self.dictionary.pad())
         if self.refine_projection is None:
-            emb, project = self.embed_tokens(prev_tokens), self.output_projection
+            emb = self.embed_tokens(prev_tokens)
         else:
             emb = F.embedding(prev_tokens, self.refine_projection.weight, self.dictionary.pad())
-            project = self.refine_projection
         x = self.embed_scale * emb
         if token_mask is not None:
             x = x.masked_fill(token_mask[..., None], 0.0)
         if self.refine_reads_hidden:
             x = x + prev_hidden
         h = self.refine(x, mask, enc["states"], enc["padding_mask"])
-        return project(h), h
+        return (self.refine_output(h) if project else None), h
 
     @staticmethod
     def _shift_to_start(states, start):
