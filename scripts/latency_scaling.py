@@ -16,6 +16,9 @@ turn in one process (interleaved, so that a change in the machine's load reaches
 after one untimed batch. Measured: ms per sentence (all batches' time / sentences); the speed-up
 of a system is the baseline's (``--baseline``, AR beam 5) ms per sentence over its own, at the
 same T and threads. With ``--cuda`` it runs on the GPU (the timings synchronise the device).
+``--whole-batch-projection`` adds a twin KEY.whole of every nar_refine system, timed in the same
+rotation, whose vocabulary projection is computed for the whole batch at once instead of in
+blocks of positions (``nar_refine.modules.token_scores.ROW_BLOCK``): the effect of the blocks.
 
 Writes OUT.json (every measurement), OUT.md (the table and the command) and OUT.png (speed-up
 against batch tokens, one line per system, solid for 1 thread, dashed for 2).
@@ -54,8 +57,22 @@ def get_parser():
     p.add_argument("--baseline", default="ar.beam5", help="system the speed-ups are relative to")
     p.add_argument("--repeats", type=int, default=1,
                    help="time every (threads, T, system) this many times; the median is kept")
+    p.add_argument("--whole-batch-projection", action="store_true",
+                   help="also time every nar_refine system with its vocabulary projection read for the "
+                        "whole batch at once (as before nar_refine read it in blocks of positions): "
+                        "rows KEY.whole, interleaved with the others")
     p.add_argument("--no-plot", action="store_true", help="skip OUT.png (no matplotlib needed)")
     return p
+
+
+def whole_batch_twins(systems, built):
+    """KEY.whole for every nar_refine system: the same system with ROW_BLOCK set so that a
+    batch's logits are computed at once."""
+    import types
+
+    return [types.SimpleNamespace(key=f"{s.key}.whole", base=s.key, whole=True, engine=s.engine,
+                                  name=f"{s.name}, vocabulary projected for the whole batch at once")
+            for s in systems if getattr(built[s.key].models[0], "is_nar_refine_model", False)]
 
 
 def batches_of(dataset, n, max_tokens):
@@ -80,6 +97,11 @@ def measure(a):
     bench = Bench(a, ckpts)
     built = {s.key: bench.setup(s) for s in systems}
     n = min(a.sentences, min(len(b.dataset) for b in built.values()))
+    if a.whole_batch_projection:
+        twins = whole_batch_twins(systems, built)
+        for t in twins:
+            built[t.key] = built[t.base]
+        systems = systems + twins
 
     def sample_of(b, ids):
         smp = b.dataset.collater([b.dataset[i] for i in ids])
@@ -89,6 +111,9 @@ def measure(a):
         if a.cuda:
             torch.cuda.synchronize()
 
+    from nar_refine.modules import token_scores
+
+    block = token_scores.ROW_BLOCK
     rows = []
     for threads in a.thread_counts:
         torch.set_num_threads(threads)
@@ -103,6 +128,7 @@ def measure(a):
                 for s in systems:  # interleaved: every system in turn
                     b = built[s.key]
                     utils.set_torch_seed(a.seed)
+                    token_scores.ROW_BLOCK = 1 << 62 if getattr(s, "whole", False) else block
                     total = 0.0
                     for smp in samples[s.key]:
                         sync()
@@ -110,6 +136,7 @@ def measure(a):
                         b.task.inference_step(b.generator, b.models, smp)
                         sync()
                         total += time.perf_counter() - t0
+                    token_scores.ROW_BLOCK = block
                     times[s.key].append(total)
             base = statistics.median(times[a.baseline]) / n
             for s in systems:
@@ -163,11 +190,15 @@ def plot(path, a, systems, rows):
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
-    for i, s in enumerate(systems):
+    bases = [s.key for s in systems if not getattr(s, "whole", False)]
+    for s in systems:
+        whole = getattr(s, "whole", False)  # a .whole twin: its system's colour, faint, x marks
+        colour = colours[bases.index(s.base if whole else s.key) % len(colours)]
         for j, threads in enumerate(a.thread_counts):
             ys = [next(r["speedup"] for r in rows if r["system"] == s.key and r["threads"] == threads
                        and r["max_tokens"] == t) for t in a.tokens]
-            ax.plot(xs, ys, styles[j % len(styles)], marker="o", ms=3, color=colours[i % len(colours)],
+            ax.plot(xs, ys, styles[j % len(styles)], marker="x" if whole else "o", ms=3, color=colour,
+                    alpha=0.45 if whole else 1.0, lw=1.0 if whole else 1.5,
                     label=f"{s.key}, {threads} thread{'s' * (threads > 1)}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs)
@@ -189,16 +220,34 @@ def main(argv=None):
         sys.exit("latency_scaling: --out PREFIX is required (writes PREFIX.json, .md, .png)")
     import logging
     logging.basicConfig(level=logging.WARNING)
+    out = Path(a.out)
+    if a.replot:  # OUT.md and OUT.png again from OUT.json, nothing timed
+        import types
+
+        data = json.loads(Path(f"{out}.json").read_text())
+        rows, n, command = data["rows"], data["sentences"], data["command"]
+        a.tokens = sorted({r["max_tokens"] for r in rows})
+        a.thread_counts = sorted({r["threads"] for r in rows})
+        a.baseline, a.data_bin = data["baseline"], data.get("data_bin", a.data_bin)
+        keys = list(dict.fromkeys(r["system"] for r in rows))
+        names = {r["system"]: r["name"] for r in rows}
+        systems = [types.SimpleNamespace(key=k, name=names[k], whole=k.endswith(".whole") and k[:-6] in keys,
+                                         base=k[:-6]) for k in keys]
+        write_markdown(f"{out}.md", a, systems, rows, n, command)
+        if not a.no_plot:
+            plot(f"{out}.png", a, systems, rows)
+        print(f"wrote {out}.md" + ("" if a.no_plot else f", {out}.png"))
+        return
     systems, rows, n = measure(a)
     words = ["python", "scripts/latency_scaling.py"]
     for w in argv:  # paths inside the repository relative to it, as the benchmark records them
         inside = os.path.exists(w) and not relative(w).startswith("..")
         words.append(relative(w) if inside else w)
     command = " ".join(shlex.quote(w) for w in words)
-    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps({"command": command, "sentences": n, "baseline": a.baseline,
-                                                "cuda": a.cuda, "rows": rows}, indent=1))
+                                                "data_bin": relative(a.data_bin), "cuda": a.cuda,
+                                                "rows": rows}, indent=1))
     write_markdown(f"{out}.md", a, systems, rows, n, command)
     if not a.no_plot:
         plot(f"{out}.png", a, systems, rows)

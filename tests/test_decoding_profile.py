@@ -93,3 +93,15 @@ def test_scaling_measures_every_batch_size_and_thread_count(toy_data, work, tmp_
     md = Path(f"{out}.md").read_text()
     assert "## 1 thread" in md and "## 2 threads" in md and "python scripts/latency_scaling.py" in md
     assert Path(f"{out}.png").stat().st_size > 10_000
+
+
+def test_scaling_times_whole_batch_projection_twins(toy_data, work, tmp_path):
+    """--whole-batch-projection adds KEY.whole for the nar_refine systems (not the AR ones)."""
+    out = tmp_path / "scaling_whole"
+    run([sys.executable, SCALING, *common(toy_data, work), "--systems", "ar.beam5,lanmt.prior",
+         "--sentences", "6", "--tokens", "0,400", "--thread-counts", "1", "--whole-batch-projection",
+         "--no-plot", "--out", str(out)])
+    rows = json.loads(Path(f"{out}.json").read_text())["rows"]
+    assert sorted({r["system"] for r in rows}) == ["ar.beam5", "lanmt.prior", "lanmt.prior.whole"]
+    assert len(rows) == 3 * 2 and all(r["ms_per_sentence"] > 0 for r in rows)
+    assert "`lanmt.prior.whole`" in Path(f"{out}.md").read_text()
