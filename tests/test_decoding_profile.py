@@ -104,4 +104,10 @@ def test_scaling_times_whole_batch_projection_twins(toy_data, work, tmp_path):
     rows = json.loads(Path(f"{out}.json").read_text())["rows"]
     assert sorted({r["system"] for r in rows}) == ["ar.beam5", "lanmt.prior", "lanmt.prior.whole"]
     assert len(rows) == 3 * 2 and all(r["ms_per_sentence"] > 0 for r in rows)
-    assert "`lanmt.prior.whole`" in Path(f"{out}.md").read_text()
+    md = Path(f"{out}.md").read_text()
+    assert "`lanmt.prior.whole`" in md
+    # --replot: OUT.md (and OUT.png) again from OUT.json, nothing decoded
+    Path(f"{out}.md").unlink()
+    run([sys.executable, SCALING, "--work", str(work), "--out", str(out), "--replot"])
+    assert Path(f"{out}.md").read_text() == md
+    assert Path(f"{out}.png").stat().st_size > 10_000
