@@ -47,7 +47,7 @@ from nar_refine.models import encoder_init
 from nar_refine.models.refine_nat import SourceEncoding, _nat_defaults, encode_source, target_without_eos
 from nar_refine.modules import LengthPredictor, ParallelTransformerStack, masked_mean
 from nar_refine.modules.parallel_transformer import lengths_to_padding_mask
-from nar_refine.modules.token_scores import argmax_log_probs, argmax_tokens, projected_argmax
+from nar_refine.modules.token_scores import projected_argmax, read_logits
 
 # floor on sigma: keeps log(sigma) and the KL gradient (about -1/sigma) finite. 1e-4 is the
 # smallest decade where sigma and 1/sigma are both normal fp16 numbers (fp16's smallest normal is
@@ -257,9 +257,7 @@ class LaNMTModel(BaseFairseqModel):
         read in blocks of positions (``projected_argmax``); over ONNX Runtime's exported
         ``decode_logits`` when the passes are exported (``--onnx-dir``)."""
         if "decode_logits" in getattr(self, "exported", ()):
-            logits = self.decode_logits(enc, z, tgt_lengths)
-            return (argmax_log_probs(logits, self._banned) if scores
-                    else (None, argmax_tokens(logits, self._banned)))
+            return read_logits(self.decode_logits(enc, z, tgt_lengths), self._banned, scores)
         return projected_argmax(self.decode_states(enc, z, tgt_lengths), self.output_projection,
                                 self._banned, scores)
 

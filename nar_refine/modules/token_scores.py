@@ -38,43 +38,55 @@ def argmax_tokens(logits, banned=None):
     return vocab_argmax(logits)
 
 
-def projected_argmax(hidden, projection, banned=None, scores=True):
-    """``argmax_log_probs(projection(hidden), banned)`` (``scores=False``: ``(None,
-    argmax_tokens(...))``), the vocabulary logits computed ``ROW_BLOCK`` positions at a time
-    on a CPU, never all at once. Each position's argmax and log-probability are those of the
-    one-block computation (a row of a matrix product reads its own row only; bit for bit with
-    torch's CPU kernels, tested); in a batch of thousands of positions the blocks are faster
-    (their logits stay in cache) and hold one block's logits instead of the batch's. One
-    block elsewhere (a GPU, an ONNX export, torch.compile)."""
-    x = hidden.reshape(-1, hidden.size(-1))
+def read_logits(logits, banned=None, scores=True):
+    """(log-probabilities, tokens) of ``argmax_log_probs``; with ``scores=False`` (None,
+    ``argmax_tokens``): no softmax."""
+    return argmax_log_probs(logits, banned) if scores else (None, argmax_tokens(logits, banned))
+
+
+def row_blocks(x):
+    """Slices of ``ROW_BLOCK`` rows covering the rows of ``x`` (N x d) for a blocked read on a
+    CPU; None where the rows are read in one piece (at most one block, a GPU, an ONNX export,
+    torch.compile)."""
     n = x.size(0)
     if (n <= ROW_BLOCK or x.device.type != "cpu" or torch.onnx.is_in_onnx_export()
             or torch.compiler.is_compiling()):
-        logits = projection(hidden)
-        return argmax_log_probs(logits, banned) if scores else (None, argmax_tokens(logits, banned))
-    tokens = torch.empty(n, dtype=torch.long, device=x.device)
-    lprobs = torch.empty(n, dtype=torch.float32, device=x.device) if scores else None
-    for i in range(0, n, ROW_BLOCK):
-        logits = projection(x[i: i + ROW_BLOCK])
+        return None
+    return [slice(i, i + ROW_BLOCK) for i in range(0, n, ROW_BLOCK)]
+
+
+def projected_argmax(hidden, projection, banned=None, scores=True):
+    """``read_logits(projection(hidden), banned, scores)``, the vocabulary logits computed
+    ``ROW_BLOCK`` positions at a time on a CPU (``row_blocks``), never all at once. Each
+    position's argmax and log-probability are those of the one-block computation (a row of a
+    matrix product reads its own row only; bit for bit with torch's CPU kernels, tested); in a
+    batch of thousands of positions the blocks are faster (their logits stay in cache) and hold
+    one block's logits instead of the batch's."""
+    x = hidden.reshape(-1, hidden.size(-1))
+    blocks = row_blocks(x)
+    if blocks is None:
+        return read_logits(projection(hidden), banned, scores)
+    tokens = torch.empty(x.size(0), dtype=torch.long, device=x.device)
+    lprobs = torch.empty(x.size(0), dtype=torch.float32, device=x.device) if scores else None
+    for rows in blocks:
+        lp, tokens[rows] = read_logits(projection(x[rows]), banned, scores)
         if scores:
-            lprobs[i: i + ROW_BLOCK], tokens[i: i + ROW_BLOCK] = argmax_log_probs(logits, banned)
-        else:
-            tokens[i: i + ROW_BLOCK] = argmax_tokens(logits, banned)
+            lprobs[rows] = lp
     shape = hidden.shape[:-1]
     return (lprobs.view(shape) if scores else None), tokens.view(shape)
 
 
 def projected_token_log_probs(hidden, projection, target):
     """``log_softmax(projection(hidden), dtype=float32)`` read at ``target`` (the ids of every
-    position), ``ROW_BLOCK`` positions at a time on a CPU as ``projected_argmax``: a teacher's
-    score of given translations without the batch's logits in memory."""
+    position), in the blocks of ``projected_argmax``: a teacher's score of given translations
+    without the batch's logits in memory."""
     x, t = hidden.reshape(-1, hidden.size(-1)), target.reshape(-1, 1)
-    if x.size(0) <= ROW_BLOCK or x.device.type != "cpu" or torch.compiler.is_compiling():
+    blocks = row_blocks(x)
+    if blocks is None:
         return torch.log_softmax(projection(hidden), -1, dtype=torch.float32).gather(
             -1, target.unsqueeze(-1)).squeeze(-1)
-    out = torch.cat([torch.log_softmax(projection(x[i: i + ROW_BLOCK]), -1, dtype=torch.float32)
-                     .gather(-1, t[i: i + ROW_BLOCK]) for i in range(0, x.size(0), ROW_BLOCK)])
-    return out.view(target.shape)
+    return torch.cat([torch.log_softmax(projection(x[rows]), -1, dtype=torch.float32).gather(-1, t[rows])
+                      for rows in blocks]).view(target.shape)
 
 
 def vocab_argmax(logits):
